@@ -1,0 +1,241 @@
+"""
+Validate the merged data of this project's formulas before anything is changed.
+
+Each formula's ``map.jinja`` merges ``defaults.yaml``, OS data and pillar once; the
+formula's first state hands that merged map to :py:func:`check` (through the
+``stack_pillar.valid`` state), and every other state of the formula requires it. Bad
+pillar therefore fails the run with a message that names the pillar key and the reason,
+and nothing that was running is touched.
+
+The rules are data (``RULES``): a pillar path, a kind and, for some kinds, bounds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "stack_pillar"
+
+_DATACENTER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DNS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+_SIZE = re.compile(r"^[0-9]+[kmg]?$")
+_HAPROXY_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
+
+# path -> (kind, required). Paths are relative to the formula's map ("consul:config:...").
+RULES: dict[str, dict[str, tuple[str, bool]]] = {
+    "common": {
+        "pkgs": ("list_of_str", True),
+        "apt:cache_valid_time": ("positive_int", True),
+        "unattended_upgrades:enabled": ("bool", True),
+        "unattended_upgrades:origins": ("list_of_str", True),
+        "logrotate:paths": ("list_of_str", True),
+        "logrotate:rotate": ("positive_int", True),
+        "logrotate:frequency": ("logrotate_frequency", True),
+    },
+    "docker": {
+        "pkg": ("str", True),
+        "service:name": ("str", True),
+        "daemon_json": ("mapping", True),
+        "daemon_json:log-driver": ("str", True),
+        "daemon_json:log-opts": ("mapping", False),
+        "daemon_json:log-opts:max-size": ("size", False),
+        "daemon_json:log-opts:max-file": ("positive_int_str", False),
+        "daemon_json:live-restore": ("bool", True),
+        "start_timeout": ("positive_int", True),
+    },
+    "consul": {
+        "install:method": ("consul_install_method", True),
+        "install:suite": ("str", True),
+        "install:url": ("url", False),
+        "install:sha256": ("sha256", False),
+        "config": ("mapping", True),
+        "config:datacenter": ("datacenter", True),
+        "config:node_name": ("dns_name", False),
+        "config:server": ("bool", True),
+        "config:bootstrap_expect": ("positive_int", False),
+        "config:bind_addr": ("ip", True),
+        "config:client_addr": ("ip_list_str", True),
+        "config:data_dir": ("abs_path", True),
+        "config:ports": ("mapping", True),
+        "config:ports:http": ("port", True),
+        "config:ports:dns": ("port", True),
+        "config:ports:server": ("port", False),
+        "config:ports:serf_lan": ("port", False),
+        "config:ports:serf_wan": ("port", False),
+        "config:dns_config": ("mapping", False),
+        "config:ui": ("bool", False),
+        "config:retry_join": ("list_of_str", False),
+        "api:host": ("ip", True),
+        "start_timeout": ("positive_int", True),
+    },
+    "haproxy": {
+        "frontend:bind": ("ip", True),
+        "frontend:port": ("port", True),
+        "stats:bind": ("ip", True),
+        "stats:port": ("port", True),
+        "runtime_api:socket": ("abs_path", True),
+        "resolvers:nameserver": ("ip", True),
+        "resolvers:port": ("port", True),
+        "resolvers:hold_valid": ("haproxy_time", True),
+        "backend:service": ("service_name", True),
+        "backend:slots": ("positive_int", True),
+        "backend:health_path": ("url_path", True),
+        "backend:retries": ("non_negative_int", True),
+        "global:maxconn": ("positive_int", True),
+        "global:extra": ("list_of_str", True),
+        "defaults:timeouts": ("mapping", True),
+        "defaults:extra": ("list_of_str", True),
+        "backend:extra": ("list_of_str", True),
+    },
+}
+
+_MISSING = object()
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _lookup(data: Any, path: str) -> Any:
+    for part in path.split(":"):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - one branch a kind
+    """Return why VALUE is not of KIND, or None when it is."""
+    if kind == "str":
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "mapping":
+        return None if isinstance(value, dict) else "must be a mapping (key: value)"
+    if kind == "list_of_str":
+        if not isinstance(value, list):
+            return "must be a list"
+        return None if all(isinstance(v, str) for v in value) else "must be a list of strings"
+    if kind in ("port", "positive_int", "non_negative_int"):
+        if not _is_int(value):
+            return "must be an integer"
+        low = {"port": 1, "positive_int": 1, "non_negative_int": 0}[kind]
+        high = 65535 if kind == "port" else None
+        if value < low or (high is not None and value > high):
+            return f"must be between {low} and {high}" if high else f"must be at least {low}"
+        return None
+    if kind == "positive_int_str":
+        ok = (_is_int(value) or isinstance(value, str)) and str(value).isdigit() and int(value) > 0
+        return None if ok else "must be a positive whole number"
+    if kind == "ip":
+        try:
+            ipaddress.ip_address(str(value))
+        except ValueError:
+            return "must be an IP address"
+        return None
+    if kind == "ip_list_str":
+        if not isinstance(value, str):
+            return "must be a string of space-separated IP addresses"
+        return next((_problem("ip", v) for v in value.split() if _problem("ip", v)), None)
+    if kind == "datacenter":
+        ok = isinstance(value, str) and _DATACENTER.match(value)
+        return None if ok else "must be lower-case letters, digits, '-' or '_' (at most 63)"
+    if kind == "dns_name":
+        ok = isinstance(value, str) and _DNS_NAME.match(value)
+        return None if ok else "must be a DNS name"
+    if kind == "service_name":
+        ok = isinstance(value, str) and _SERVICE_NAME.match(value)
+        return None if ok else "must be lower-case letters, digits or '-'"
+    if kind == "abs_path":
+        return None if isinstance(value, str) and value.startswith("/") else "must be an absolute path"
+    if kind == "url_path":
+        return None if isinstance(value, str) and value.startswith("/") else "must start with '/'"
+    if kind == "url":
+        ok = isinstance(value, str) and re.match(r"^(https?|ftp|file|salt)://\S+$", value)
+        return None if ok else "must be an http(s)://, ftp://, file:// or salt:// URL"
+    if kind == "sha256":
+        ok = isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)
+        return None if ok else "must be 64 lower-case hex digits"
+    if kind == "size":
+        return None if isinstance(value, str) and _SIZE.match(value) else "must look like 10m"
+    if kind == "haproxy_time":
+        ok = isinstance(value, (str, int)) and _HAPROXY_TIME.match(str(value))
+        return None if ok else "must be an HAProxy time such as 30s or 500ms"
+    if kind == "logrotate_frequency":
+        ok = value in ("daily", "weekly", "monthly")
+        return None if ok else "must be daily, weekly or monthly"
+    if kind == "consul_install_method":
+        return None if value in ("apt", "url") else "must be 'apt' or 'url'"
+    raise ValueError(f"unknown rule kind {kind!r}")
+
+
+def problems(formula: str, data: dict) -> list[str]:
+    """
+    List what is wrong with a formula's merged data, one "pillar key: reason" a line.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call stack_pillar.problems consul '{"config": {"ports": {"dns": "x"}}}'
+    """
+    if formula not in RULES:
+        raise CommandExecutionError(f"no pillar rules for formula {formula!r}")
+    if not isinstance(data, dict):
+        return [f"{formula}: must be a mapping, got {type(data).__name__}"]
+    found = []
+    for path, (kind, required) in RULES[formula].items():
+        value = _lookup(data, path)
+        if value is _MISSING or value is None:
+            if required:
+                found.append(f"{formula}:{path}: is required")
+            continue
+        reason = _problem(kind, value)
+        if reason:
+            found.append(f"{formula}:{path}: {reason} (got {value!r})")
+    found.extend(_cross_checks(formula, data))
+    return found
+
+
+def _cross_checks(formula: str, data: dict) -> list[str]:
+    found = []
+    if formula == "consul" and _lookup(data, "install:method") == "url":
+        for key in ("url", "sha256"):
+            if _lookup(data, f"install:{key}") in (_MISSING, None, ""):
+                found.append(f"consul:install:{key}: is required when consul:install:method is 'url'")
+    if formula == "consul":
+        expect = _lookup(data, "config:bootstrap_expect")
+        if _is_int(expect) and _lookup(data, "config:server") is False:
+            found.append(
+                "consul:config:bootstrap_expect: only a server can set it (consul:config:server is false)"
+            )
+    if formula == "haproxy":
+        ports = {_lookup(data, "frontend:port"), _lookup(data, "stats:port")}
+        if len(ports) == 1 and _lookup(data, "frontend:bind") == _lookup(data, "stats:bind"):
+            found.append("haproxy:stats:port: must differ from haproxy:frontend:port on the same address")
+    return found
+
+
+def check(formula: str, data: dict) -> bool:
+    """
+    Raise an error naming every bad pillar key of a formula's merged data; True if none.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call stack_pillar.check haproxy "$(salt-call --out=json pillar.get haproxy)"
+    """
+    found = problems(formula, data)
+    if found:
+        raise CommandExecutionError("bad pillar:\n" + "\n".join(found))
+    return True

@@ -1,0 +1,20 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata as haproxy with context %}
+
+haproxy-clean-service-dead:
+  service.dead:
+    - name: {{ haproxy.service.name }}
+    - enable: false
+
+haproxy-clean-pkg-removed:
+  pkg.removed:
+    - name: {{ haproxy.pkg }}
+    - require:
+      - service: haproxy-clean-service-dead
+
+haproxy-clean-files-absent:
+  file.absent:
+    - names:
+      - /usr/local/sbin/haproxy-check-config
+    - require:
+      - pkg: haproxy-clean-pkg-removed
