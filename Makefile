@@ -3,7 +3,9 @@
 #   make test  install what the tests need and run the whole suite against this host
 SHELL       := /bin/bash
 REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-VENV        ?= $(REPO)/.venv
+# The Salt virtualenv lives outside the checkout: the repository root is a Salt file
+# root, and the fileserver would walk every file of a virtualenv inside it.
+VENV        ?= /opt/cabify-salt/venv
 PYTHON      ?= python3
 PYTEST_ARGS ?=
 

@@ -36,10 +36,14 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "logrotate:paths": ("list_of_str", True),
         "logrotate:rotate": ("positive_int", True),
         "logrotate:frequency": ("logrotate_frequency", True),
+        "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
     },
     "docker": {
         "pkg": ("str", True),
         "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
+        "service:init_script": ("bool", True),
         "daemon_json": ("mapping", True),
         "daemon_json:log-driver": ("str", True),
         "daemon_json:log-opts": ("mapping", False),
@@ -71,9 +75,18 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "config:ui": ("bool", False),
         "config:retry_join": ("list_of_str", False),
         "api:host": ("ip", True),
+        "service:name": ("str", True),
+        "service:user": ("str", True),
+        "service:enable": ("bool_or_null", False),
+        "service:init_script": ("bool", True),
+        "config:log_file": ("abs_path", True),
         "start_timeout": ("positive_int", True),
     },
     "haproxy": {
+        "pkg": ("str", True),
+        "config_file": ("abs_path", True),
+        "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
         "frontend:bind": ("ip", True),
         "frontend:port": ("port", True),
         "stats:bind": ("ip", True),
@@ -119,6 +132,8 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - o
         return None if isinstance(value, str) and value else "must be a non-empty string"
     if kind == "bool":
         return None if isinstance(value, bool) else "must be true or false"
+    if kind == "bool_or_null":
+        return None if value is None or isinstance(value, bool) else "must be true, false or null"
     if kind == "mapping":
         return None if isinstance(value, dict) else "must be a mapping (key: value)"
     if kind == "list_of_str":

@@ -5,7 +5,7 @@
 # configuration changed. `salt-daemons.sh stop` stops both.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${VENV:-$REPO/.venv}
+VENV=${VENV:-/opt/cabify-salt/venv}
 MINION_ID=${MINION_ID:-$(hostname -f 2>/dev/null || hostname)}
 export PATH="$VENV/bin:$PATH"
 

@@ -14,6 +14,6 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$lock"
 "$VENV/bin/python" -c 'import salt.version, docker, consul; print("venv: salt", salt.version.__version__)'
 
-for tool in salt salt-call salt-run salt-key salt-master salt-minion; do
+for tool in salt salt-call salt-run salt-key salt-master salt-minion ruff; do
   ln -sfn "$VENV/bin/$tool" "/usr/local/bin/$tool"
 done

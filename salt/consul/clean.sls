@@ -16,6 +16,7 @@ consul-clean-files-absent:
   file.absent:
     - names:
       - /etc/consul.d/consul.json
+      - /usr/local/sbin/consul-check-config
       - /etc/apt/sources.list.d/cabify-consul-{{ consul.install.suite }}.sources
       - /etc/apt/preferences.d/cabify-consul
     - require:

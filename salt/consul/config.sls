@@ -17,10 +17,11 @@ consul-config-file-serialized:
     - user: root
     - group: {{ consul.service.user }}
     - mode: "0640"
-    - check_cmd: consul validate -quiet
+    - check_cmd: /usr/local/sbin/consul-check-config
     - tmp_ext: .json
     - require:
       - pkg: consul-install-pkg-installed
+      - file: consul-install-check-script-managed
 
 {%- if consul.service.init_script %}
 {%- set api = "http://" ~ consul.api.host ~ ":" ~ consul.config.ports.http %}

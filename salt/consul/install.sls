@@ -74,6 +74,14 @@ consul-install-pkg-installed:
       - file: consul-install-deb-downloaded
 {%- endif %}
 
+consul-install-check-script-managed:
+  file.managed:
+    - name: /usr/local/sbin/consul-check-config
+    - source: salt://{{ tplroot }}/files/consul-check-config.sh
+    - mode: "0755"
+    - require:
+      - stack_pillar: {{ tplroot }}-pillar-valid
+
 consul-install-log-dir-managed:
   file.directory:
     - name: {{ consul.config.log_file.rsplit("/", 1)[0] }}

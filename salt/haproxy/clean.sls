@@ -16,5 +16,6 @@ haproxy-clean-files-absent:
   file.absent:
     - names:
       - /usr/local/sbin/haproxy-check-config
+      - {{ haproxy.config_file }}
     - require:
       - pkg: haproxy-clean-pkg-removed

@@ -1,0 +1,61 @@
+"""
+Test harness: a real salt-master and salt-minion (pytest-salt-factories) serving this
+repository's file and pillar roots, applying the formulas to this very host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import pytest
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
+
+def _master_config() -> dict:
+    """The master settings `make up` installs (conf/master.yaml), for this checkout."""
+    text = (REPO / "conf" / "master.yaml").read_text().replace("@REPO@", str(REPO))
+    return yaml.safe_load(text)
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories):
+    overrides = _master_config()
+    for key in ("auto_accept", "open_mode"):  # salt-factories accepts its own minion's key
+        overrides.pop(key, None)
+    factory = salt_factories.salt_master_daemon("cabify-master", overrides=overrides)
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def salt_minion(salt_master):
+    overrides = {}
+    if not os.path.isdir("/run/systemd/system"):
+        # The same setting `make up` gives the minion on hosts without systemd.
+        overrides |= yaml.safe_load((REPO / "conf" / "minion-sysvinit.yaml").read_text())
+    factory = salt_master.salt_minion_daemon("cabify-minion", overrides=overrides)
+    with factory.started(start_timeout=120):
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def salt_call_cli(salt_minion):
+    return salt_minion.salt_call_cli(timeout=900)
+
+
+@pytest.fixture(scope="session")
+def highstate(salt_call_cli):
+    """The host converged once with the repository's top file and pillar."""
+    ret = salt_call_cli.run("saltutil.sync_all")
+    assert ret.returncode == 0, ret.stderr
+    ret = salt_call_cli.run("state.apply")
+    failed = {k: v["comment"] for k, v in (ret.data or {}).items() if not v["result"]}
+    assert ret.returncode == 0 and not failed, f"highstate failed: {failed or ret.stderr}"
+    slowest = sorted(ret.data.values(), key=lambda s: -s.get("duration", 0))[:5]
+    log.info("highstate: slowest states %s", [(s["name"], round(s["duration"])) for s in slowest])
+    return ret.data

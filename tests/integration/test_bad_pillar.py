@@ -1,0 +1,66 @@
+"""Bad pillar fails the run with an error naming the pillar key and the reason, and
+what was running keeps running with its old configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import pytest
+
+from tests.helpers import FRONTEND, consul, failed_states, haproxy_info, http
+
+LIVE_FILES = ["/etc/haproxy/haproxy.cfg", "/etc/consul.d/consul.json", "/etc/docker/daemon.json"]
+
+CASES = [
+    # (id, formula, pillar, text the error must hold)
+    ("port-not-a-number", "haproxy", {"haproxy": {"frontend": {"port": "eighty"}}},
+     "haproxy:frontend:port: must be an integer"),
+    ("port-out-of-range", "consul", {"consul": {"config": {"ports": {"dns": 70000}}}},
+     "consul:config:ports:dns: must be between 1 and 65535"),
+    ("datacenter-format", "consul", {"consul": {"config": {"datacenter": "DC One!"}}},
+     "consul:config:datacenter: must be lower-case letters"),
+    ("consul-validate-rejects", "consul", {"consul": {"config": {"bogus_option": 1}}},
+     "pillar key consul:config"),
+    ("haproxy-c-rejects", "haproxy", {"haproxy": {"defaults": {"extra": ["bogus-keyword 1"]}}},
+     "from pillar key haproxy:defaults:extra"),
+    ("list-wrong-type", "haproxy", {"haproxy": {"global": {"extra": "maxconn 10"}}},
+     "haproxy:global:extra: must be a list"),
+    ("missing-required-key", "consul", {"consul": {"config": {"datacenter": None}}},
+     "consul:config:datacenter: is required"),
+    ("bool-wrong-type", "docker", {"docker": {"daemon_json": {"live-restore": "yes"}}},
+     "docker:daemon_json:live-restore: must be true or false"),
+    ("sha256-required-for-url", "consul",
+     {"consul": {"install": {"method": "url", "url": "http://127.0.0.1:9/consul.deb"}}},
+     "consul:install:sha256: is required"),
+]  # fmt: skip
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def _serving(replica) -> None:
+    status, body = http("GET", FRONTEND + "/")
+    assert status == 200 and json.loads(body)["instance"] == replica.instance, (status, body)
+    services = consul("GET", "/v1/agent/services")
+    assert replica.instance in services, f"consul lost {replica.instance}: {sorted(services)}"
+
+
+@pytest.mark.parametrize(("formula", "pillar", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_pillar_names_key_and_changes_nothing(salt_call_cli, stand_in_replica, formula, pillar, message):
+    files_before = {path: _digest(path) for path in LIVE_FILES}
+    haproxy_pid = haproxy_info()["Pid"]
+    consul_leader = consul("GET", "/v1/status/leader")
+    _serving(stand_in_replica)
+
+    ret = salt_call_cli.run("state.apply", formula, pillar=pillar)
+
+    assert ret.returncode != 0, f"state.apply {formula} with bad pillar succeeded"
+    errors = "\n".join(failed_states(ret.data).values()) if isinstance(ret.data, dict) else str(ret.data)
+    assert message in errors, f"expected {message!r} in the error, got:\n{errors or ret.stderr}"
+    assert {path: _digest(path) for path in LIVE_FILES} == files_before, "a live config file changed"
+    assert haproxy_info()["Pid"] == haproxy_pid, "HAProxy was restarted or reloaded"
+    assert consul("GET", "/v1/status/leader") == consul_leader
+    _serving(stand_in_replica)

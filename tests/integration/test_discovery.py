@@ -1,0 +1,52 @@
+"""HAProxy finds replicas through Consul's DNS SRV records, without a reload."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.helpers import FRONTEND, haproxy_info, haproxy_servers, http, wait_for
+from tests.integration.conftest import StandInReplica, haproxy_server_up
+
+
+def test_consul_dns_answers_srv_for_registered_replica(stand_in_replica):
+    out = subprocess.run(
+        ["dig", "+short", "@127.0.0.1", "-p", "8600", "_cabify._tcp.service.consul", "SRV"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f" {stand_in_replica.port} " in out, f"no SRV record for port {stand_in_replica.port}: {out!r}"
+
+
+def _instances_served(requests: int) -> set[str]:
+    answers = [http("GET", FRONTEND + "/") for _ in range(requests)]
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    return {json.loads(body)["instance"] for _, body in answers}
+
+
+def test_pool_changes_reach_haproxy_without_reload(stand_in_replica):
+    pid_before = haproxy_info()["Pid"]
+    replica = StandInReplica("test-discovery-2")
+    replica.register()
+    try:
+        wait_for(lambda: haproxy_server_up(replica.port), 30, "the new replica UP in HAProxy's stats")
+        assert _instances_served(20) == {stand_in_replica.instance, replica.instance}
+        replica.deregister()
+        wait_for(
+            lambda: not any(s["addr"].endswith(f":{replica.port}") for s in haproxy_servers()),
+            30,
+            "the deregistered replica to leave HAProxy's servers",
+        )
+        assert _instances_served(20) == {stand_in_replica.instance}
+    finally:
+        replica.deregister()
+        replica.stop()
+    assert haproxy_info()["Pid"] == pid_before, "HAProxy was reloaded or restarted for a pool change"
+
+
+def test_stats_page_and_prometheus_exporter(highstate):
+    status, body = http("GET", "http://127.0.0.1:8404/metrics")
+    assert status == 200 and b"haproxy_backend_status" in body
+    status, body = http("GET", "http://127.0.0.1:8404/stats;csv")
+    assert status == 200 and b"cabify" in body

@@ -1,0 +1,77 @@
+"""Each formula converges from nothing, then re-applies with no changes, and a dry run
+on the converged host reports nothing to do."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.helpers import CONSUL, STATS, changed_states, failed_states, http, wait_for
+
+FORMULAS = ["common", "docker", "consul", "haproxy"]
+
+
+def _docker_answers() -> bool:
+    return subprocess.run(["docker", "version"], capture_output=True, check=False).returncode == 0
+
+
+def _consul_has_leader() -> bool:
+    status, body = http("GET", CONSUL + "/v1/status/leader")
+    return status == 200 and b":" in body
+
+
+def _haproxy_stats_answer() -> bool:
+    return http("GET", STATS + "/stats")[0] == 200
+
+
+def _cron_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "cron"], capture_output=True, check=False).returncode == 0
+
+
+SERVICE_UP = {
+    "common": _cron_running,
+    "docker": _docker_answers,
+    "consul": _consul_has_leader,
+    "haproxy": _haproxy_stats_answer,
+}
+
+
+def apply(salt_call_cli, *args, **kwargs):
+    ret = salt_call_cli.run("state.apply", *args, **kwargs)
+    assert ret.data, f"state.apply {args} returned no state data: {ret.stderr or ret.stdout}"
+    return ret
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_formula_converges_from_nothing(salt_call_cli, highstate, formula):
+    ret = apply(salt_call_cli, f"{formula}.clean")
+    assert not failed_states(ret.data), f"{formula}.clean failed: {failed_states(ret.data)}"
+
+    ret = apply(salt_call_cli, formula)
+    assert ret.returncode == 0 and not failed_states(ret.data), failed_states(ret.data)
+    assert changed_states(ret.data), f"{formula} changed nothing after {formula}.clean"
+    assert wait_for(SERVICE_UP[formula], 30, f"{formula}'s service to answer after converging")
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_formula_second_apply_changes_nothing(salt_call_cli, highstate, formula):
+    apply(salt_call_cli, formula)
+    ret = apply(salt_call_cli, formula)
+    assert ret.returncode == 0 and not failed_states(ret.data), failed_states(ret.data)
+    assert changed_states(ret.data) == {}
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_formula_dry_run_on_converged_host_reports_nothing(salt_call_cli, highstate, formula):
+    ret = apply(salt_call_cli, formula, test=True)
+    assert ret.returncode == 0
+    not_true = {k: (v["result"], v["comment"]) for k, v in ret.data.items() if v["result"] is not True}
+    assert not_true == {}, f"test=True on a converged host should be all True: {not_true}"
+    assert changed_states(ret.data) == {}
+
+
+def test_highstate_dry_run_reports_nothing(salt_call_cli, highstate):
+    ret = apply(salt_call_cli, test=True)
+    not_true = {k: (v["result"], v["comment"]) for k, v in ret.data.items() if v["result"] is not True}
+    assert not_true == {} and changed_states(ret.data) == {}
