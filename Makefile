@@ -32,7 +32,6 @@ lint: venv
 	find salt pillar -name '*.sls' -print0 | xargs -0 $(VENV)/bin/salt-lint
 
 test: venv lint
-	scripts/host-prereqs.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: venv
