@@ -24,6 +24,8 @@ _DATACENTER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DNS_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 _SIZE = re.compile(r"^[0-9]+[kmg]?$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 _HAPROXY_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 
 # path -> (kind, required). Paths are relative to the formula's map ("consul:config:...").
@@ -82,6 +84,22 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "config:log_file": ("abs_path", True),
         "start_timeout": ("positive_int", True),
     },
+    "cabify": {
+        "version": ("image_tag", True),
+        "replicas": ("non_negative_int", True),
+        "env": ("env_mapping", True),
+        "resources": ("mapping", True),
+        "resources:memory": ("size", False),
+        "resources:cpus": ("positive_number", False),
+        "network": ("dns_name", True),
+        "image:base": ("image_ref", True),
+        "image:build_base": ("bool", True),
+        "image:suite": ("str", True),
+        "image:source_dir": ("abs_path", True),
+        "healthy_timeout": ("positive_int", True),
+        "drain_timeout": ("non_negative_int", True),
+        "registration:deregister_critical_after": ("haproxy_time", True),
+    },
     "haproxy": {
         "pkg": ("str", True),
         "config_file": ("abs_path", True),
@@ -134,6 +152,24 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - o
         return None if isinstance(value, bool) else "must be true or false"
     if kind == "bool_or_null":
         return None if value is None or isinstance(value, bool) else "must be true, false or null"
+    if kind == "image_tag":
+        ok = isinstance(value, (str, int)) and not isinstance(value, bool) and _IMAGE_TAG.match(str(value))
+        return None if ok else "must be a Docker tag: letters, digits, '_', '.', '-' (at most 128)"
+    if kind == "image_ref":
+        ok = isinstance(value, str) and _IMAGE_REF.match(value)
+        return None if ok else "must be an image reference such as cabify-base:bookworm"
+    if kind == "env_mapping":
+        if not isinstance(value, dict):
+            return "must be a mapping of variable names to values"
+        bad = [
+            k
+            for k, v in value.items()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) or isinstance(v, (dict, list))
+        ]
+        return f"has bad entries {bad}: names are identifiers, values scalars" if bad else None
+    if kind == "positive_number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return None if ok else "must be a number above 0"
     if kind == "mapping":
         return None if isinstance(value, dict) else "must be a mapping (key: value)"
     if kind == "list_of_str":

@@ -6,3 +6,13 @@ haproxy:
 consul:
   config:
     datacenter: dc1
+cabify:
+  version: "1"
+  replicas: 3
+# Docker events of the pool's containers, and drift between Docker and Consul, become
+# events that the master's reactor turns into a heal of the pool (salt/orch/heal.sls).
+beacons:
+  cabify_docker:
+    - pool: cabify
+    - interval: 1
+    - disable_during_state_run: true

@@ -5,3 +5,4 @@ base:
     - docker
     - consul
     - haproxy
+    - cabify

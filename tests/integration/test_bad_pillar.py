@@ -10,6 +10,7 @@ import pathlib
 import pytest
 
 from tests.helpers import FRONTEND, consul, failed_states, haproxy_info, http
+from tests.integration.test_pool import running_replicas
 
 LIVE_FILES = ["/etc/haproxy/haproxy.cfg", "/etc/consul.d/consul.json", "/etc/docker/daemon.json"]
 
@@ -31,6 +32,17 @@ CASES = [
      "consul:config:datacenter: is required"),
     ("bool-wrong-type", "docker", {"docker": {"daemon_json": {"live-restore": "yes"}}},
      "docker:daemon_json:live-restore: must be true or false"),
+    ("replicas-negative", "cabify", {"cabify": {"replicas": -1}},
+     "cabify:replicas: must be at least 0"),
+    ("replicas-not-a-number", "cabify", {"cabify": {"replicas": "three"}},
+     "cabify:replicas: must be an integer"),
+    ("version-not-a-tag", "cabify", {"cabify": {"version": "2.0/beta:1"}},
+     "cabify:version: must be a Docker tag"),
+    ("env-not-a-mapping", "cabify", {"cabify": {"env": ["FAULT=crash"]}},
+     "cabify:env: must be a mapping"),
+    ("unknown-base-image", "cabify",
+     {"cabify": {"version": "9", "image": {"base": "registry.invalid/python:3.11", "build_base": False}}},
+     "pillar cabify:image:base"),
     ("sha256-required-for-url", "consul",
      {"consul": {"install": {"method": "url", "url": "http://127.0.0.1:9/consul.deb"}}},
      "consul:install:sha256: is required"),
@@ -42,8 +54,9 @@ def _digest(path: str) -> str:
 
 
 def _serving(replica) -> None:
-    status, body = http("GET", FRONTEND + "/")
-    assert status == 200 and json.loads(body)["instance"] == replica.instance, (status, body)
+    answers = [http("GET", FRONTEND + "/") for _ in range(10)]
+    assert all(status == 200 for status, _ in answers), answers
+    assert replica.instance in {json.loads(body)["instance"] for _, body in answers}
     services = consul("GET", "/v1/agent/services")
     assert replica.instance in services, f"consul lost {replica.instance}: {sorted(services)}"
 
@@ -51,6 +64,7 @@ def _serving(replica) -> None:
 @pytest.mark.parametrize(("formula", "pillar", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_pillar_names_key_and_changes_nothing(salt_call_cli, stand_in_replica, formula, pillar, message):
     files_before = {path: _digest(path) for path in LIVE_FILES}
+    replicas_before = running_replicas()
     haproxy_pid = haproxy_info()["Pid"]
     consul_leader = consul("GET", "/v1/status/leader")
     _serving(stand_in_replica)
@@ -62,5 +76,6 @@ def test_bad_pillar_names_key_and_changes_nothing(salt_call_cli, stand_in_replic
     assert message in errors, f"expected {message!r} in the error, got:\n{errors or ret.stderr}"
     assert {path: _digest(path) for path in LIVE_FILES} == files_before, "a live config file changed"
     assert haproxy_info()["Pid"] == haproxy_pid, "HAProxy was restarted or reloaded"
+    assert running_replicas() == replicas_before, "the running pool changed"
     assert consul("GET", "/v1/status/leader") == consul_leader
     _serving(stand_in_replica)

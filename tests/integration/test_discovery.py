@@ -31,14 +31,15 @@ def test_pool_changes_reach_haproxy_without_reload(stand_in_replica):
     replica.register()
     try:
         wait_for(lambda: haproxy_server_up(replica.port), 30, "the new replica UP in HAProxy's stats")
-        assert _instances_served(20) == {stand_in_replica.instance, replica.instance}
+        assert {stand_in_replica.instance, replica.instance} <= _instances_served(40)
         replica.deregister()
         wait_for(
             lambda: not any(s["addr"].endswith(f":{replica.port}") for s in haproxy_servers()),
             30,
             "the deregistered replica to leave HAProxy's servers",
         )
-        assert _instances_served(20) == {stand_in_replica.instance}
+        served = _instances_served(40)
+        assert stand_in_replica.instance in served and replica.instance not in served
     finally:
         replica.deregister()
         replica.stop()

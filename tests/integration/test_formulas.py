@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import CONSUL, STATS, changed_states, failed_states, http, wait_for
 
-FORMULAS = ["common", "docker", "consul", "haproxy"]
+FORMULAS = ["common", "docker", "consul", "haproxy", "cabify"]
 
 
 def _docker_answers() -> bool:
@@ -29,7 +29,12 @@ def _cron_running() -> bool:
     return subprocess.run(["pgrep", "-x", "cron"], capture_output=True, check=False).returncode == 0
 
 
+def _app_served() -> bool:
+    return http("GET", "http://127.0.0.1:80/")[0] == 200
+
+
 SERVICE_UP = {
+    "cabify": _app_served,
     "common": _cron_running,
     "docker": _docker_answers,
     "consul": _consul_has_leader,

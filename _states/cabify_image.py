@@ -1,0 +1,65 @@
+"""
+The Cabify App image, built on this host, and its base image when no registry is
+reachable.
+
+.. code-block:: yaml
+
+    cabify-image-built:
+      cabify_image.built:
+        - version: "2"
+        - source_dir: /var/cache/cabify/app
+        - base_image: cabify-base:bookworm
+        - base_mirror: http://deb.debian.org/debian   # build the base if absent
+"""
+
+from __future__ import annotations
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "cabify_image"
+
+
+def __virtual__():
+    if "cabify.build_image" not in __salt__:
+        return (False, "cabify_image: the cabify execution module is not loaded (docker, py-consul?)")
+    return __virtualname__
+
+
+def built(
+    name: str,
+    version: str,
+    source_dir: str,
+    base_image: str,
+    base_mirror: str | None = None,
+    base_suite: str = "bookworm",
+) -> dict:
+    """
+    ``cabify-app:VERSION`` exists and was built from SOURCE_DIR on BASE_IMAGE. With
+    BASE_MIRROR, a missing BASE_IMAGE is built with debootstrap; without it, a missing
+    base image is an error.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    tag = f"cabify-app:{version}"
+    try:
+        need_base = not __salt__["cabify.image_exists"](base_image)
+        if need_base and not base_mirror:
+            raise CommandExecutionError(
+                f"base image {base_image!r} is not on this host and no registry is used "
+                "(pillar cabify:image:base: name a local image, or leave it to the built one)"
+            )
+        need_app = need_base or not __salt__["cabify.image_current"](version, source_dir, base_image)
+        if not need_app:
+            ret["comment"] = f"{tag} is up to date"
+            return ret
+        changes = {"built": tag, **({"base": base_image} if need_base else {})}
+        if __opts__["test"]:
+            ret.update(result=None, changes=changes, comment=f"Would build {tag}")
+            return ret
+        if need_base:
+            __salt__["cabify.build_base_image"](base_image, base_mirror, base_suite)
+        __salt__["cabify.build_image"](version, source_dir, base_image)
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret.update(changes=changes, comment=f"Built {tag}")
+    return ret

@@ -1,0 +1,82 @@
+"""
+Converge the Cabify App's replica pool on this host.
+
+.. code-block:: yaml
+
+    cabify-pool-converged:
+      cabify_pool.converged:
+        - name: cabify
+        - version: "2"
+        - replicas: 3
+        - env: {}
+        - resources: {memory: 128m, cpus: 0.5}
+
+The plan (replicas kept, started, removed) is computed first; ``test=True`` reports it
+and changes nothing. A real run starts new replicas before it drains old ones, so the
+pool never serves with fewer than it had.
+"""
+
+from __future__ import annotations
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "cabify_pool"
+
+
+def __virtual__():
+    if "cabify.plan" not in __salt__:
+        return (False, "cabify_pool: the cabify execution module is not loaded (docker, py-consul?)")
+    return __virtualname__
+
+
+def converged(
+    name: str,
+    version: str,
+    replicas: int = 3,
+    env: dict | None = None,
+    resources: dict | None = None,
+    network: str = "cabify",
+    healthy_timeout: float = 60,
+    drain_timeout: float = 10,
+) -> dict:
+    """
+    Exactly REPLICAS healthy replicas of VERSION (with ENV and RESOURCES) run in pool
+    NAME, each registered in Consul; stale registrations are removed.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        todo = __salt__["cabify.plan"](version, replicas, env, resources, pool=name)
+        missing = {}
+        if not todo["start"] and not todo["remove"]:
+            running = {r["name"] for r in __salt__["cabify.replicas"](name) if r["status"] == "running"}
+            registered = set(__salt__["cabify.registrations"]())
+            missing = {"register": sorted(running - registered), "deregister": sorted(registered - running)}
+            if not missing["register"] and not missing["deregister"]:
+                ret["comment"] = f"{replicas} replica(s) of version {version} running and registered"
+                return ret
+        would = {"start": todo["start"], "remove": todo["remove"], **{k: v for k, v in missing.items() if v}}
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["changes"] = would
+            ret["comment"] = (
+                f"Would start {todo['start']} and remove {len(todo['remove'])} replica(s) "
+                f"to run {replicas} of version {version}"
+            )
+            return ret
+        done = __salt__["cabify.converge"](
+            version,
+            replicas,
+            env,
+            resources,
+            pool=name,
+            network=network,
+            healthy_timeout=healthy_timeout,
+            drain_timeout=drain_timeout,
+        )
+    except CommandExecutionError as err:
+        ret["result"] = False
+        ret["comment"] = f"pool {name} unchanged where it failed; old replicas keep serving: {err}"
+        return ret
+    ret["changes"] = {k: v for k, v in done.items() if v and (not isinstance(v, dict) or any(v.values()))}
+    ret["comment"] = f"{replicas} replica(s) of version {version} running and registered"
+    return ret

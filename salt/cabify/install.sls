@@ -1,0 +1,38 @@
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata as cabify with context %}
+{%- set image = cabify.image %}
+
+include:
+  - {{ tplroot }}.valid
+
+{%- if image.build_base %}
+
+cabify-install-debootstrap-installed:
+  pkg.installed:
+    - name: debootstrap
+    - require:
+      - stack_pillar: {{ tplroot }}-pillar-valid
+    - require_in:
+      - cabify_image: cabify-install-image-built
+{%- endif %}
+
+cabify-install-sources-managed:
+  file.recurse:
+    - name: {{ image.source_dir }}
+    - source: salt://{{ tplroot }}/files/app
+    - clean: true
+    - makedirs: true
+    - require:
+      - stack_pillar: {{ tplroot }}-pillar-valid
+
+cabify-install-image-built:
+  cabify_image.built:
+    - version: {{ cabify.version | string | json }}
+    - source_dir: {{ image.source_dir }}
+    - base_image: {{ image.base }}
+{%- if image.build_base %}
+    - base_mirror: {{ salt["apt_source.debian_mirror"]() }}
+    - base_suite: {{ image.suite }}
+{%- endif %}
+    - require:
+      - file: cabify-install-sources-managed

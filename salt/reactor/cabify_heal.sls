@@ -1,0 +1,11 @@
+{#- A replica of the pool started, died or stays critical (cabify_docker beacon):
+    hand off to the heal orchestration for the minion that saw it. -#}
+cabify-reactor-heal-orchestrated:
+  runner.state.orchestrate:
+    - args:
+      - mods: orch.heal
+      - pillar:
+          heal:
+            minion: {{ data["id"] | json }}
+            pool: {{ data["data"]["pool"] | json }}
+            replace_critical: {{ data["data"]["action"] == "critical" }}
