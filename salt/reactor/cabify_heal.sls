@@ -7,5 +7,5 @@ cabify-reactor-heal-orchestrated:
       - pillar:
           heal:
             minion: {{ data["id"] | json }}
-            pool: {{ data["data"]["pool"] | json }}
-            replace_critical: {{ data["data"]["action"] == "critical" }}
+            pool: {{ data["pool"] | json }}
+            replace_critical: {{ data["action"] == "critical" }}
