@@ -1,6 +1,6 @@
 {#- Heal a host's pool: replace dead or critical replicas like for like and make Consul
     match Docker. Run by the reactor, or by hand:
-      salt-run state.orchestrate orch.heal pillar='{"heal": {"minion": "web1"}}' -#}
+      salt-run state.orchestrate orch.heal pillar='{"heal": {"minion": "web1"} }' -#}
 {%- set heal = salt["pillar.get"]("heal", {}) %}
 
 cabify-orch-heal-pool:

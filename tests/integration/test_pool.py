@@ -74,10 +74,16 @@ def test_replicas_registered_with_version_role_and_check(pool_of_three):
 def test_second_apply_is_a_no_op_and_dry_run_predicts_it(salt_call_cli, pool_of_three):
     ret = apply_cabify(salt_call_cli)
     assert {k: v["changes"] for k, v in ret.data.items() if v["changes"]} == {}
-    dry = salt_call_cli.run("state.apply", "cabify", test=True, pillar={"cabify": {"replicas": 5}})
-    pool_state = next(v for k, v in dry.data.items() if "pool-converged" in k)
-    assert pool_state["result"] is None and pool_state["changes"] == {"start": 2, "remove": []}
+
+    dry = salt_call_cli.run("state.apply", "cabify", test=True, pillar={"cabify": {"replicas": 2}})
+    predicted = next(v for k, v in dry.data.items() if "pool-converged" in k)
+    assert predicted["result"] is None
     assert running_replicas() == pool_of_three, "test=True changed the pool"
+
+    real = next(v for k, v in apply_cabify(salt_call_cli, replicas=2).data.items() if "pool-converged" in k)
+    assert predicted["changes"]["start"] == len(real["changes"].get("started", [])) == 0
+    assert predicted["changes"]["remove"] == real["changes"]["removed"]
+    assert len(predicted["changes"]["remove"]) == 1 and set(running_replicas()) < set(pool_of_three)
 
 
 def test_scale_up_and_down_under_load(salt_call_cli, pool_of_three):
