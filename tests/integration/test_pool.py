@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import docker
 import pytest
 
 from tests.helpers import FRONTEND, consul, failed_states, haproxy_servers, http, wait_for
@@ -14,14 +15,8 @@ from tests.load import LoadClient
 
 def running_replicas() -> dict[str, str]:
     """name -> address of the pool's running containers, straight from dockerd."""
-    out = subprocess.run(
-        [
-            "docker", "ps", "--filter", "label=cabify.pool=cabify", "--format",
-            '{{.Names}} {{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}',
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return dict(line.split() for line in out.splitlines() if line.strip())
+    found = docker.from_env().containers.list(filters={"label": "cabify.pool=cabify"})
+    return {c.name: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"] for c in found}
 
 
 def registered() -> dict[str, str]:
