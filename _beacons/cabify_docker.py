@@ -111,7 +111,9 @@ def _drift(pool: str, memory: dict) -> list[dict]:
     """Running replicas missing from Consul, or registrations with no running replica."""
     try:
         running = {r["name"] for r in __salt__["cabify.replicas"](pool, all=False)}
-        registered = set(__salt__["cabify.registrations"](pool))
+        registered = {
+            sid for sid, reg in __salt__["cabify.registrations"](pool).items() if reg["pool"] == pool
+        }
     except Exception as err:  # noqa: BLE001 - a beacon never raises
         log.debug("cabify_docker beacon: drift not readable: %s", err)
         return []

@@ -383,7 +383,7 @@ def register(name: str, service: str = "cabify") -> dict:
         address=replica["address"],
         port=replica["port"],
         tags=[replica["role"], f"v{replica['version']}"],
-        meta={"version": replica["version"], "role": replica["role"]},
+        meta={"pool": replica["pool"], "version": replica["version"], "role": replica["role"]},
         check=check,
     )
     return replica
@@ -428,6 +428,7 @@ def registrations(service: str = "cabify") -> dict[str, dict]:
             "address": svc.get("Address"),
             "port": svc.get("Port"),
             "tags": svc.get("Tags", []),
+            "pool": (svc.get("Meta") or {}).get("pool"),
             "status": worst,
         }
     return found
@@ -435,8 +436,9 @@ def registrations(service: str = "cabify") -> dict[str, dict]:
 
 def reconcile(pool: str = "cabify", service: str = "cabify") -> dict:
     """
-    Make Consul match Docker: deregister instances whose container is gone or not
-    running, register running replicas that are missing. Returns what it did.
+    Make Consul match Docker: deregister this pool's instances (meta ``pool``) whose
+    container is gone or not running, register running replicas that are missing.
+    Instances registered by anything else are left alone. Returns what it did.
 
     CLI Example:
 
@@ -446,13 +448,15 @@ def reconcile(pool: str = "cabify", service: str = "cabify") -> dict:
     """
     running = {r["name"]: r for r in replicas(pool) if r["status"] == "running"}
     registered = registrations(service)
+    # Only what this pool registered (meta pool) is ours to forget.
+    ours = {sid for sid, reg in registered.items() if reg["pool"] == pool}
     done: dict[str, list[str]] = {"deregistered": [], "registered": []}
-    for sid in sorted(set(registered) - set(running)):
+    for sid in sorted(ours - set(running)):
         deregister(sid)
         done["deregistered"].append(sid)
     for name, replica in sorted(running.items()):
         current = registered.get(name)
-        if current is None or current["address"] != replica["address"]:
+        if current is None or current["address"] != replica["address"] or current["pool"] != pool:
             register(name, service)
             done["registered"].append(name)
     addresses = {f"{r['address']}:{r['port']}" for r in running.values()}

@@ -12,6 +12,14 @@ import pytest
 from tests.helpers import FRONTEND, consul, failed_states, haproxy_servers, http, wait_for
 from tests.load import LoadClient
 
+# A registration as the pool makes them, whose container is gone (port 9: discard).
+STALE = {
+    "Name": "cabify",
+    "Address": "127.0.0.1",
+    "Port": 9,
+    "Meta": {"pool": "cabify", "version": "1", "role": "stable"},
+}
+
 
 def running_replicas() -> dict[str, str]:
     """name -> address of the pool's running containers, straight from dockerd."""
@@ -20,8 +28,9 @@ def running_replicas() -> dict[str, str]:
 
 
 def registered() -> dict[str, str]:
+    """The pool's own instances in Consul (meta pool=cabify), by ID."""
     services = consul("GET", "/v1/agent/services")
-    return {sid: s["Address"] for sid, s in services.items() if s["Service"] == "cabify"}
+    return {sid: s["Address"] for sid, s in services.items() if (s.get("Meta") or {}).get("pool") == "cabify"}
 
 
 def haproxy_up_addresses() -> set[str]:
@@ -60,7 +69,7 @@ def test_replicas_registered_with_version_role_and_check(pool_of_three):
     for name, address in pool_of_three.items():
         service = services[name]
         assert service["Address"] == address and service["Port"] == 8080
-        assert service["Meta"] == {"version": "1", "role": "stable"}
+        assert service["Meta"] == {"pool": "cabify", "version": "1", "role": "stable"}
         assert "stable" in service["Tags"]
         check = next(c for c in checks.values() if c["ServiceID"] == name)
         assert check["Status"] == "passing"
@@ -109,7 +118,7 @@ def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_
     consul(
         "PUT",
         "/v1/agent/service/register",
-        {"ID": "cabify-1-gone00", "Name": "cabify", "Address": "127.0.0.1", "Port": 9},
+        STALE | {"ID": "cabify-1-gone00"},
     )
     ret = salt_call_cli.run("cabify.reconcile")
     assert ret.returncode == 0
@@ -123,6 +132,6 @@ def test_beacon_and_reactor_fix_stale_and_missing_registrations(pool_of_three):
     consul(
         "PUT",
         "/v1/agent/service/register",
-        {"ID": "cabify-1-gone01", "Name": "cabify", "Address": "127.0.0.1", "Port": 9},
+        STALE | {"ID": "cabify-1-gone01"},
     )
     wait_for(lambda: pool_settled(3), 30, "the beacon/reactor to re-register and forget the stale entry")
