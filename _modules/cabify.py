@@ -262,6 +262,7 @@ def _replica_info(container) -> dict:
         "role": labels.get(LABEL_ROLE, "stable"),
         "spec": labels.get(LABEL_SPEC),
         "status": container.status,
+        "restarts": container.attrs.get("RestartCount", 0),
         "address": address,
         "port": APP_PORT,
     }
@@ -533,10 +534,14 @@ def wait_healthy(names: list[str], timeout: float = 60, min_healthy_time: float 
     healthy_since: dict[str, float] = {}
     while True:
         now = time.monotonic()
-        states = {r["name"]: r["status"] for r in replicas()}
-        dead = [n for n in names if states.get(n) not in ("running", "created", "restarting")]
+        current = {r["name"]: r for r in replicas()}
+        dead = [
+            n
+            for n in names
+            if n not in current or current[n]["status"] in ("exited", "dead") or current[n]["restarts"]
+        ]
         if dead:
-            raise CommandExecutionError(f"replicas stopped before becoming healthy: {', '.join(dead)}")
+            raise CommandExecutionError(f"replicas crashed before becoming healthy: {', '.join(dead)}")
         for name in names:
             if healthy(name):
                 healthy_since.setdefault(name, now)
@@ -748,3 +753,141 @@ def _heal(pool: str, replace_critical: bool, service: str) -> dict:
         log.warning("cabify: replaced %s replica %s with %s", container.status, name, replacement["name"])
     done["reconciled"] = reconcile(pool, service)
     return done
+
+
+# --- rolling releases ----------------------------------------------------------------------
+
+
+def _progress(release_id: str | None, step: str, **data: Any) -> None:
+    """A progress event ``cabify/release/<id>/<step>`` (shown by ``salt-run state.event``)."""
+    log.info("cabify release %s: %s %s", release_id, step, data)
+    if release_id:
+        __salt__["event.send"](f"cabify/release/{release_id}/{step}", data)
+
+
+def _batches(to_start: int, old: list[str], max_parallel: int) -> list[tuple[int, list[str]]]:
+    """(replicas to start, old replicas to drain) per batch, MAX_PARALLEL at a time."""
+    batches = []
+    while to_start > 0 or old:
+        starts = min(max_parallel, to_start)
+        batches.append((starts, old[:max_parallel]))
+        to_start -= starts
+        old = old[max_parallel:]
+    return batches
+
+
+def rolling_plan(
+    version: str,
+    replicas: int = 3,
+    env: dict | None = None,
+    resources: dict | None = None,
+    max_parallel: int = 1,
+    pool: str = "cabify",
+) -> dict:
+    """
+    The batches of a rolling release of POOL to VERSION: in each, the replicas to start
+    and the old ones to drain afterwards. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.rolling_plan 2 max_parallel=2
+    """
+    todo = plan(version, replicas, env, resources, pool)
+    running = {r["name"] for r in _list(pool) if r["status"] == "running"}
+    old = [n for n in todo["remove"] if n in running]
+    batches = _batches(todo["start"], old, max(1, int(max_parallel)))
+    gone = [n for n in todo["remove"] if n not in running]
+    return {
+        "keep": todo["keep"],
+        "remove_stopped": gone,
+        "batches": [{"start": s, "drain": d} for s, d in batches],
+    }
+
+
+def rolling(
+    version: str,
+    replicas: int = 3,
+    env: dict | None = None,
+    resources: dict | None = None,
+    max_parallel: int = 1,
+    min_healthy_time: float = 3,
+    healthy_deadline: float = 60,
+    auto_revert: bool = True,
+    drain_timeout: float = 5,
+    pool: str = "cabify",
+    network: str = "cabify",
+    release_id: str | None = None,
+) -> dict:
+    """
+    Roll POOL to VERSION batch by batch: start MAX_PARALLEL new replicas (surge), wait
+    until they have been passing in Consul and UP in HAProxy for MIN_HEALTHY_TIME, then
+    drain the same number of old ones. If a new replica crashes or is not healthy by
+    HEALTHY_DEADLINE the release stops; with AUTO_REVERT the old version is restored to
+    its full count (it never stopped serving) and every new replica is removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.rolling 2 replicas=3 max_parallel=1
+    """
+    with _pool_lock(pool):
+        steps = rolling_plan(version, replicas, env, resources, max_parallel, pool)
+        network_present(network)
+        for name in steps["remove_stopped"]:
+            drain(name, drain_timeout=0)
+        client = _docker()
+        started: list[str] = []
+        drained_specs: list[dict] = []
+        _progress(release_id, "plan", version=version, batches=steps["batches"])
+        for number, batch in enumerate(steps["batches"], start=1):
+            _progress(release_id, "batch", number=number, of=len(steps["batches"]), **batch)
+            new: list[str] = []
+            try:
+                for _ in range(batch["start"]):
+                    new.append(start_replica(pool, version, "stable", env, resources, network)["name"])
+                    started.append(new[-1])
+                    register(new[-1])
+                if new:
+                    wait_healthy(new, timeout=healthy_deadline, min_healthy_time=min_healthy_time)
+            except Exception as err:  # whatever failed, the old version must keep serving
+                _progress(release_id, "failed", batch=number, reason=str(err))
+                undone = _revert(pool, started if auto_revert else new, drained_specs if auto_revert else [])
+                raise CommandExecutionError(
+                    f"release to version {version} stopped at batch {number}: {err}; "
+                    + ("reverted: " if auto_revert else "not reverted (auto_revert is off): ")
+                    + undone
+                ) from err
+            for name in batch["drain"]:
+                try:
+                    drained_specs.append(_clone_spec(client.containers.get(name)))
+                except docker.errors.NotFound:
+                    continue
+                drain(name, drain_timeout=drain_timeout)
+            _progress(release_id, "batch-done", number=number, started=new, drained=batch["drain"])
+        reconcile(pool)
+    return {
+        "started": started,
+        "removed": [n for b in steps["batches"] for n in b["drain"]] + steps["remove_stopped"],
+    }
+
+
+def _revert(pool: str, new: list[str], drained_specs: list[dict]) -> str:
+    """Start again what was drained (like for like), then take out NEW replicas."""
+    restored = []
+    for spec in drained_specs:
+        replica = start_replica(
+            pool, spec["version"], spec["role"], spec["env"], spec["resources"], spec["network"]
+        )
+        register(replica["name"])
+        restored.append(replica["name"])
+    if restored:
+        try:
+            wait_healthy(restored, timeout=60)
+        except CommandExecutionError as err:
+            log.error("cabify: restored replicas not healthy: %s", err)
+    for name in new:
+        drain(name, drain_timeout=0)
+    return f"removed {len(new)} new replica(s), restored {len(restored)} old one(s)"

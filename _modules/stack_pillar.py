@@ -99,6 +99,11 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "healthy_timeout": ("positive_int", True),
         "drain_timeout": ("non_negative_int", True),
         "registration:deregister_critical_after": ("haproxy_time", True),
+        "release:strategy": ("release_strategy", True),
+        "release:max_parallel": ("positive_int", True),
+        "release:min_healthy_time": ("non_negative_int", True),
+        "release:healthy_deadline": ("positive_int", True),
+        "release:auto_revert": ("bool", True),
     },
     "haproxy": {
         "pkg": ("str", True),
@@ -224,6 +229,8 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - o
     if kind == "logrotate_frequency":
         ok = value in ("daily", "weekly", "monthly")
         return None if ok else "must be daily, weekly or monthly"
+    if kind == "release_strategy":
+        return None if value == "rolling" else "must be 'rolling' (canary comes with its own orchestration)"
     if kind == "consul_install_method":
         return None if value in ("apt", "url") else "must be 'apt' or 'url'"
     raise ValueError(f"unknown rule kind {kind!r}")

@@ -38,13 +38,24 @@ def converged(
     network: str = "cabify",
     healthy_timeout: float = 60,
     drain_timeout: float = 10,
+    release: dict | None = None,
 ) -> dict:
     """
     Exactly REPLICAS healthy replicas of VERSION (with ENV and RESOURCES) run in pool
     NAME, each registered in Consul; stale registrations are removed.
+
+    When running replicas differ from what is asked (another version, env or
+    resources), that is a release, done with RELEASE's strategy (``rolling``: batches of
+    ``max_parallel``, each healthy for ``min_healthy_time`` before old ones are drained,
+    within ``healthy_deadline``, reverted on failure when ``auto_revert``).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    release = {"strategy": "rolling", **(release or {})}
     try:
+        wanted = __salt__["cabify.spec_hash"](version, env, resources)
+        running = [r for r in __salt__["cabify.replicas"](name) if r["status"] == "running"]
+        if any(r["spec"] != wanted for r in running):
+            return _release(ret, name, version, replicas, env, resources, network, drain_timeout, release)
         todo = __salt__["cabify.plan"](version, replicas, env, resources, pool=name)
         missing = {}
         if not todo["start"] and not todo["remove"]:
@@ -79,4 +90,41 @@ def converged(
         return ret
     ret["changes"] = {k: v for k, v in done.items() if v and (not isinstance(v, dict) or any(v.values()))}
     ret["comment"] = f"{replicas} replica(s) of version {version} running and registered"
+    return ret
+
+
+def _release(ret, pool, version, replicas, env, resources, network, drain_timeout, release) -> dict:
+    settings = {
+        "max_parallel": int(release.get("max_parallel", 1)),
+        "min_healthy_time": float(release.get("min_healthy_time", 3)),
+        "healthy_deadline": float(release.get("healthy_deadline", 60)),
+        "auto_revert": bool(release.get("auto_revert", True)),
+    }
+    if release["strategy"] != "rolling":
+        ret.update(result=False, comment=f"release strategy {release['strategy']!r} is not supported here")
+        return ret
+    steps = __salt__["cabify.rolling_plan"](version, replicas, env, resources, settings["max_parallel"], pool)
+    if __opts__["test"]:
+        ret.update(
+            result=None,
+            changes={"release": {"strategy": "rolling", "to": version, **steps}},
+            comment=f"Would roll pool {pool} to version {version} in {len(steps['batches'])} batch(es)",
+        )
+        return ret
+    try:
+        done = __salt__["cabify_release.rolling"](
+            version,
+            pool=pool,
+            replicas=replicas,
+            env=env,
+            resources=resources,
+            network=network,
+            drain_timeout=drain_timeout,
+            **settings,
+        )
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret["changes"] = {"release": done["id"], "started": done["started"], "removed": done["removed"]}
+    ret["comment"] = f"pool {pool} rolled to version {version} (release {done['id']})"
     return ret

@@ -14,5 +14,6 @@ cabify-service-pool-converged:
     - network: {{ cabify.network }}
     - healthy_timeout: {{ cabify.healthy_timeout }}
     - drain_timeout: {{ cabify.drain_timeout }}
+    - release: {{ cabify.release | json }}
     - require:
       - cabify_image: cabify-install-image-built

@@ -1,0 +1,140 @@
+"""
+Releases of the Cabify App's pool on this host: one at a time per pool (a Consul
+session lock), each recorded in Consul KV, its progress sent as events
+``cabify/release/<id>/<step>``.
+
+.. code-block:: bash
+
+    salt-call cabify_release.rolling 2 replicas=3
+    salt-run cabify.status
+    salt-run cabify.history
+
+KV layout: ``cabify/locks/<pool>`` (held by the running release's session, its value
+names the holder) and ``cabify/history/<pool>/<release id>`` (JSON record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+try:
+    import consul
+
+    HAS_CONSUL = True
+except ImportError:
+    HAS_CONSUL = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "cabify_release"
+
+LOCK_TTL = 3600  # seconds: a release that dies without unlocking frees the pool after this
+
+
+def __virtual__():
+    if not HAS_CONSUL:
+        return (False, "cabify_release: py-consul is not installed in Salt's venv")
+    return __virtualname__
+
+
+def _consul():
+    host = __salt__["config.get"]("consul:api:host", "127.0.0.1")
+    port = __salt__["config.get"]("consul:config:ports:http", 8500)
+    return consul.Consul(host=host, port=port)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def holder(pool: str = "cabify") -> dict | None:
+    """
+    Who holds POOL's release lock (``{"release", "minion", "version", "started"}``), or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_release.holder
+    """
+    _, entry = _consul().kv.get(f"cabify/locks/{pool}")
+    if not entry or not entry.get("Session") or not entry.get("Value"):
+        return None
+    return json.loads(entry["Value"])
+
+
+def record(pool: str, release: dict) -> dict:
+    """
+    Write RELEASE (a dict with an ``id``) to POOL's history in Consul KV.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_release.record cabify '{"id": "manual-1", "result": "note"}'
+    """
+    _consul().kv.put(f"cabify/history/{pool}/{release['id']}", json.dumps(release, sort_keys=True))
+    return release
+
+
+def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
+    """
+    Run a rolling release of POOL to VERSION (see ``cabify.rolling`` for the settings)
+    under POOL's release lock, recorded in history. Fails at once, naming the holder,
+    when another release of POOL is running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_release.rolling 2 replicas=3 max_parallel=1
+    """
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("__")}
+    client = _consul()
+    release_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    running = sorted({r["version"] for r in __salt__["cabify.replicas"](pool) if r["status"] == "running"})
+    release = {
+        "id": release_id,
+        "pool": pool,
+        "minion": __grains__.get("id"),
+        "strategy": "rolling",
+        "from": running,
+        "to": str(version),
+        "started": _now(),
+        "ended": None,
+        "result": "running",
+        "reason": "",
+    }
+    session = client.session.create(
+        name=f"cabify release {release_id}", behavior="delete", ttl=LOCK_TTL, lock_delay=0
+    )
+    lock_value = json.dumps({k: release[k] for k in ("id", "minion", "to", "started")})
+    if not client.kv.put(f"cabify/locks/{pool}", lock_value, acquire=session):
+        client.session.destroy(session)
+        other = holder(pool) or {}
+        raise CommandExecutionError(
+            f"another release of pool {pool} is running: release {other.get('id')} to version "
+            f"{other.get('to')} on {other.get('minion')}, started {other.get('started')}"
+        )
+    record(pool, release)
+    __salt__["event.send"](f"cabify/release/{release_id}/start", release)
+    try:
+        done = __salt__["cabify.rolling"](version, pool=pool, release_id=release_id, **kwargs)
+    except CommandExecutionError as err:
+        release.update(result="failed", reason=str(err), ended=_now())
+        raise
+    else:
+        release.update(result="succeeded", ended=_now(), **done)
+    finally:
+        if release["result"] == "running":
+            release.update(result="failed", reason="interrupted", ended=_now())
+        record(pool, release)
+        __salt__["event.send"](f"cabify/release/{release_id}/end", release)
+        client.session.destroy(session)
+    return release
