@@ -9,7 +9,7 @@ VENV        ?= /opt/cabify-salt/venv
 PYTHON      ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: up test lint venv salt-daemons converge bench lock clean-daemons
+.PHONY: up test lint venv salt-daemons converge lock clean-daemons
 
 up: venv salt-daemons converge
 
@@ -33,9 +33,6 @@ lint: venv
 
 test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
-
-bench: venv
-	$(VENV)/bin/python -m bench
 
 lock:
 	rm -rf $(REPO)/.lockvenv && $(PYTHON) -m venv $(REPO)/.lockvenv
