@@ -6,7 +6,6 @@ Watch the Cabify App's containers and fire when the pool needs healing.
     beacons:
       cabify_docker:
         - pool: cabify
-        - interval: 1
 
 Events (``salt/beacon/<minion>/cabify_docker/<pool>/<action>``), with data
 ``{"pool", "name", "version", "action", "exit_code"}``:

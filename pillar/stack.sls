@@ -11,8 +11,11 @@ cabify:
   replicas: 3
 # Docker events of the pool's containers, and drift between Docker and Consul, become
 # events that the master's reactor turns into a heal of the pool (salt/orch/heal.sls).
+# Beacons run every second (no `interval`: Salt counts it in loop_interval units).
 beacons:
   cabify_docker:
     - pool: cabify
-    - interval: 1
     - disable_during_state_run: true
+  # `consul kv put cabify/desired/version 3` releases version 3 (orch.rolling).
+  cabify_desired:
+    - key: cabify/desired/version

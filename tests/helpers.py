@@ -32,7 +32,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback only
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310

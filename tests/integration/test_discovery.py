@@ -38,8 +38,13 @@ def test_pool_changes_reach_haproxy_without_reload(stand_in_replica):
             30,
             "the deregistered replica to leave HAProxy's servers",
         )
-        served = _instances_served(40)
-        assert stand_in_replica.instance in served and replica.instance not in served
+        # The remaining replica may be re-checked after the change: wait until it serves.
+        served = wait_for(
+            lambda: (s := _instances_served(40)) and stand_in_replica.instance in s and s,
+            30,
+            "the remaining stand-in replica served again",
+        )
+        assert replica.instance not in served
     finally:
         replica.deregister()
         replica.stop()

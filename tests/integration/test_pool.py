@@ -112,7 +112,16 @@ def test_killed_replica_is_replaced_under_load(salt_call_cli, pool_of_three):
     assert load.result.failed == 0, load.result.failures
 
 
-def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_three):
+@pytest.fixture
+def beacons_paused(salt_call_cli):
+    """The heal beacon off for the test's duration, so that only the call under test
+    fixes what the test broke."""
+    assert salt_call_cli.run("beacons.disable").data["result"] is True
+    yield
+    assert salt_call_cli.run("beacons.enable").data["result"] is True
+
+
+def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_three, beacons_paused):
     missing = sorted(pool_of_three)[0]
     consul("PUT", f"/v1/agent/service/deregister/{missing}")
     consul(

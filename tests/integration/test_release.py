@@ -4,12 +4,14 @@ prints the plan."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 
 import pytest
 
-from tests.helpers import consul, failed_states, wait_for
+from tests.helpers import CONSUL, consul, failed_states, http, wait_for
 from tests.integration.test_pool import pool_settled, running_replicas
 from tests.load import LoadClient
 
@@ -34,10 +36,8 @@ def release(salt_call_cli, version: str, replicas: int = 3, env: dict | None = N
 
 
 def last_release() -> dict:
-    (_,) = [None]
     entries = consul("GET", "/v1/kv/cabify/history/cabify/?recurse=true")
-    records = [json.loads(__import__("base64").b64decode(e["Value"])) for e in entries]
-    return max(records, key=lambda r: r["id"])
+    return max((json.loads(base64.b64decode(e["Value"])) for e in entries), key=lambda r: r["id"])
 
 
 @pytest.fixture
@@ -119,3 +119,31 @@ def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, on_versi
     assert load.result.failed == 0, load.result.failures
     assert versions_running() == {"6": 4}
     release(salt_call_cli, "1")
+
+
+def _unique_version(prefix: str) -> str:
+    return f"{prefix}{int(time.time()) % 1_000_000}"
+
+
+def test_event_triggers_a_release(salt_call_cli, on_version_1):
+    version = _unique_version("ev")
+    ret = salt_call_cli.run("event.send", "cabify/release/request", data={"version": version})
+    assert ret.returncode == 0, ret.stderr
+    wait_for(
+        lambda: versions_running() == {version: 3} and pool_settled(3),
+        240,
+        f"the release to {version} asked for by a cabify/release/request event",
+    )
+    assert last_release()["to"] == version and last_release()["result"] == "succeeded"
+
+
+def test_kv_desired_version_triggers_a_release(on_version_1):
+    version = _unique_version("kv")
+    status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/version", version.encode())
+    assert status == 200
+    wait_for(
+        lambda: versions_running() == {version: 3} and pool_settled(3),
+        240,
+        f"the release to {version} asked for through Consul KV cabify/desired/version",
+    )
+    assert last_release()["to"] == version and last_release()["result"] == "succeeded"
