@@ -852,6 +852,7 @@ def rolling(
                     register(new[-1])
                 if new:
                     wait_healthy(new, timeout=healthy_deadline, min_healthy_time=min_healthy_time)
+                    _progress(release_id, "batch-healthy", number=number, started=new)
             except Exception as err:  # whatever failed, the old version must keep serving
                 _progress(release_id, "failed", batch=number, reason=str(err))
                 undone = _revert(pool, started if auto_revert else new, drained_specs if auto_revert else [])

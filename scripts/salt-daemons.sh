@@ -2,7 +2,8 @@
 # Start the all-in-one salt-master and salt-minion from the virtualenv, with their
 # configuration from conf/, and accept this minion's key by its id (never by
 # auto_accept). Safe to run again: running daemons are reloaded only when their
-# configuration changed. `salt-daemons.sh stop` stops both.
+# configuration changed. `salt-daemons.sh stop` stops both; `salt-daemons.sh running`
+# succeeds when either runs.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-/opt/cabify-salt/venv}
@@ -13,9 +14,17 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 master_pid=/var/run/salt-master.pid
 minion_pid=/var/run/salt-minion.pid
 
+if [ "${1:-}" = running ]; then
+  pid_alive "$minion_pid" || pid_alive "$master_pid"
+  exit
+fi
 if [ "${1:-}" = stop ]; then
   for p in "$minion_pid" "$master_pid"; do
-    pid_alive "$p" && kill "$(cat "$p")" && echo "salt-daemons: stopped $(basename "$p" .pid)"
+    pid_alive "$p" || continue
+    kill "$(cat "$p")"
+    deadline=$((SECONDS + 30))
+    while pid_alive "$p" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    echo "salt-daemons: stopped $(basename "$p" .pid)"
   done
   exit 0
 fi

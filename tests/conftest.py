@@ -49,6 +49,11 @@ def salt_call_cli(salt_minion):
 
 
 @pytest.fixture(scope="session")
+def salt_run_cli(salt_master):
+    return salt_master.salt_run_cli(timeout=300)
+
+
+@pytest.fixture(scope="session")
 def highstate(salt_call_cli):
     """The host converged once with the repository's top file and pillar."""
     ret = salt_call_cli.run("saltutil.sync_all")

@@ -24,17 +24,25 @@ class LoadClient:
     stopped, MAX_SECONDS have passed or MAX_REQUESTS were sent. A request fails when it
     raises or answers anything but 200."""
 
-    def __init__(self, host="127.0.0.1", port=80, workers=4, max_seconds=300, max_requests=200_000):
+    def __init__(
+        self, host="127.0.0.1", port=80, workers=4, max_seconds=300, max_requests=200_000, keep_samples=False
+    ):
         self.host, self.port, self.workers = host, port, workers
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.result = LoadResult()
+        # With KEEP_SAMPLES, one (end time, latency in seconds, version or None when
+        # failed) per request, times from time.monotonic(): what a benchmark plots.
+        self.samples: list[tuple[float, float, str | None]] | None = [] if keep_samples else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _record(self, ok: bool, detail: str, payload: dict | None) -> None:
+    def _record(self, ok: bool, detail: str, payload: dict | None, started: float) -> None:
+        ended = time.monotonic()
         with self._lock:
             self.result.requests += 1
+            if self.samples is not None:
+                self.samples.append((ended, ended - started, (payload or {}).get("version") if ok else None))
             if not ok:
                 self.result.failed += 1
                 if len(self.result.failures) < 20:
@@ -48,6 +56,7 @@ class LoadClient:
         while not self._stop.is_set() and time.monotonic() < deadline:
             if self.result.requests >= self.max_requests:
                 return
+            started = time.monotonic()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -55,12 +64,14 @@ class LoadClient:
                 resp = conn.getresponse()
                 body = resp.read()
                 ok = resp.status == 200
-                self._record(ok, f"HTTP {resp.status}: {body[:100]!r}", json.loads(body) if ok else None)
+                self._record(
+                    ok, f"HTTP {resp.status}: {body[:100]!r}", json.loads(body) if ok else None, started
+                )
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException, ValueError) as err:
-                self._record(False, f"{type(err).__name__}: {err}", None)
+                self._record(False, f"{type(err).__name__}: {err}", None, started)
                 if conn is not None:
                     conn.close()
                 conn = None

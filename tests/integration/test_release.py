@@ -147,3 +147,11 @@ def test_kv_desired_version_triggers_a_release(on_version_1):
         f"the release to {version} asked for through Consul KV cabify/desired/version",
     )
     assert last_release()["to"] == version and last_release()["result"] == "succeeded"
+
+
+def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, on_version_1):
+    pillar = {"cabify": {"version": "7", "env": {"FAULT": "unhealthy"}, "release": FAST}}
+    ret = salt_run_cli.run("state.orchestrate", "orch.rolling", pillar=pillar)
+    assert ret.returncode != 0, "orch.rolling reported success for a host whose release failed"
+    assert versions_running() == {"1": 3}
+    assert last_release()["result"] == "failed" and last_release()["to"] == "7"

@@ -1,0 +1,81 @@
+"""What the benchmarks share: salt-call with JSON output, the release's progress
+events read with `salt-run state.event`, percentiles, and the repository's own load
+client (tests/load.py)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.load import LoadClient  # noqa: E402, F401 - the repository's own load client
+
+
+def salt_call(*args: str) -> dict:
+    """salt-call with JSON output; exits with the failed states named when it fails."""
+    cmd = ["salt-call", "--out=json", "--retcode-passthrough", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(
+            f"bench: {' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}"
+        )
+    return json.loads(done.stdout or "{}")
+
+
+def pool_pillar(version: str, replicas: int, **cabify) -> str:
+    """The `pillar=` of a salt-call that runs REPLICAS of VERSION (and any other key of
+    pillar cabify)."""
+    return json.dumps({"cabify": {"version": version, "replicas": replicas, **cabify}})
+
+
+class ReleaseEvents:
+    """Progress events of releases, each with the monotonic time it was read."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, dict]] = []
+        cmd = ["salt-run", "state.event", "tagmatch=cabify/release/*", "count=-1"]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            tag, _, data = line.partition("\t")
+            try:
+                self.events.append((time.monotonic(), tag.strip(), json.loads(data)))
+            except ValueError:
+                continue
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def rolling_phases(events: list[tuple[float, str, dict]], t0: float) -> list[dict]:
+    """Per batch: `surge` (new replicas start until they are healthy for min_healthy_time)
+    and `drain` (old replicas drained and removed), from the progress events."""
+    out: list[dict] = []
+    opened: dict[str, float] = {}
+    for at, tag, _data in events:
+        step = tag.rsplit("/", 1)[-1]
+        if step == "batch":
+            opened = {"surge": at}
+        elif step == "batch-healthy" and "surge" in opened:
+            out.append({"phase": "surge", "start": opened["surge"] - t0, "end": at - t0})
+            opened = {"drain": at}
+        elif step == "batch-done" and "drain" in opened:
+            out.append({"phase": "drain", "start": opened["drain"] - t0, "end": at - t0})
+            opened = {}
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -1,0 +1,147 @@
+"""
+Benchmark of a rolling release under load, on a host set up by `make up`.
+
+A closed-loop load client (keep-alive connections through HAProxy's frontend) runs
+before, during and after a release of the pool from one version to the next, done the
+way an operator does it: `salt-call state.apply cabify pillar=...`. The release's
+progress events (`cabify/release/<id>/...`, read with `salt-run state.event`) mark its
+phases. Writes, in --out (default bench/results/):
+
+- rolling.json: requests, failed, latency p50/p99/max, release wall time, time per phase
+- rolling.png: requests per second and latency over time, coloured by the version that
+  answered, with the release's phases marked
+
+Run with `make bench` (which runs `make up` first), or alone:
+    /opt/cabify-salt/bench-venv/bin/python bench/rolling.py --replicas 3 --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+from common import REPO, LoadClient, ReleaseEvents, percentile, pool_pillar, rolling_phases, salt_call
+
+
+def summary(load: LoadClient, t0: float, release: tuple[float, float], events: list) -> dict:
+    latencies = [lat for _, lat, _ in load.samples]
+    found_phases = rolling_phases(events, t0)
+    per_phase: dict[str, float] = {}
+    for item in found_phases:
+        per_phase[item["phase"]] = round(per_phase.get(item["phase"], 0) + item["end"] - item["start"], 2)
+    if found_phases:
+        # salt-call's own share: start, sync, pillar, image check, lock; then reconcile, record.
+        per_phase["prepare"] = round(found_phases[0]["start"] - (release[0] - t0), 2)
+        per_phase["finish"] = round((release[1] - t0) - found_phases[-1]["end"], 2)
+    return {
+        "requests": load.result.requests,
+        "failed": load.result.failed,
+        "failures": load.result.failures,
+        "versions": dict(load.result.versions),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99": round(percentile(latencies, 0.99) * 1000, 2),
+            "max": round(max(latencies, default=0) * 1000, 2),
+            "mean": round(statistics.fmean(latencies) * 1000, 2) if latencies else 0,
+        },
+        "release_wall_s": round(release[1] - release[0], 2),
+        "release_window_s": [round(release[0] - t0, 2), round(release[1] - t0, 2)],
+        "time_per_phase_s": per_phase,
+        "phases": found_phases,
+    }
+
+
+def plot(load: LoadClient, t0: float, result: dict, path: pathlib.Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415 - only the plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    versions = sorted({v for _, _, v in load.samples if v is not None})
+    colours = dict(zip(versions, ["tab:blue", "tab:orange", "tab:green", "tab:purple"], strict=False))
+    end = max((t - t0 for t, _, _ in load.samples), default=1)
+    seconds = int(end) + 1
+    fig, (rps_ax, lat_ax) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    bottom = [0] * seconds
+    for version in [*versions, None]:
+        counts = [0] * seconds
+        for t, _, v in load.samples:
+            if v == version:
+                counts[min(seconds - 1, int(t - t0))] += 1
+        if not any(counts):
+            continue
+        label = f"version {version}" if version else "failed"
+        colour = colours.get(version, "tab:red")
+        rps_ax.bar(range(seconds), counts, bottom=bottom, width=1.0, align="edge", color=colour, label=label)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    rps_ax.set_ylabel("requests per second")
+    rps_ax.legend(loc="lower left")
+    for version in versions:
+        points = [(t - t0, lat * 1000) for t, lat, v in load.samples if v == version]
+        lat_ax.scatter(
+            *zip(*points, strict=True), s=2, alpha=0.3, color=colours[version], label=f"version {version}"
+        )
+    lat_ax.set_yscale("log")
+    lat_ax.set_ylabel("latency (ms)")
+    lat_ax.set_xlabel("seconds")
+    for ax in (rps_ax, lat_ax):
+        ax.axvline(result["release_window_s"][0], color="black", linestyle="--", linewidth=1)
+        ax.axvline(result["release_window_s"][1], color="black", linestyle="--", linewidth=1)
+        for item in result["phases"]:
+            ax.axvspan(
+                item["start"], item["end"], alpha=0.12, color="green" if item["phase"] == "surge" else "grey"
+            )
+    rps_ax.set_title(
+        f"{title}: {result['requests']} requests, {result['failed']} failed, "
+        f"p99 {result['latency_ms']['p99']} ms, release {result['release_wall_s']} s "
+        "(green: surge, grey: drain)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--max-parallel", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=8, help="keep-alive connections of the load client")
+    parser.add_argument(
+        "--settle", type=float, default=5, help="seconds of load before and after the release"
+    )
+    parser.add_argument("--from-version", default="bench-1")
+    parser.add_argument("--to-version", default="bench-2")
+    parser.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    print(f"bench: images and pool at version {args.from_version} ({args.replicas} replicas)", flush=True)
+    salt_call("state.apply", "cabify.install", f"pillar={pool_pillar(args.to_version, args.replicas)}")
+    salt_call("state.apply", "cabify", f"pillar={pool_pillar(args.from_version, args.replicas)}")
+
+    events = ReleaseEvents()
+    with LoadClient(workers=args.workers, max_seconds=900, max_requests=10**8, keep_samples=True) as load:
+        t0 = time.monotonic()
+        time.sleep(args.settle)  # load before the release: the baseline of the plot
+        print(f"bench: releasing {args.from_version} -> {args.to_version} under load", flush=True)
+        started = time.monotonic()
+        pillar = pool_pillar(args.to_version, args.replicas, release={"max_parallel": args.max_parallel})
+        salt_call("state.apply", "cabify", f"pillar={pillar}")
+        ended = time.monotonic()
+        time.sleep(args.settle)
+    events.stop()
+
+    result = summary(load, t0, (started, ended), events.events)
+    result["settings"] = vars(args) | {"out": str(args.out)}
+    (args.out / "rolling.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(load, t0, result, args.out / "rolling.png", f"rolling {args.from_version} -> {args.to_version}")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("phases", "settings")}, indent=2))
+
+    print("bench: back to the pillar's own version", flush=True)
+    salt_call("state.apply", "cabify")
+
+
+if __name__ == "__main__":
+    main()
