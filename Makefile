@@ -32,6 +32,7 @@ converge: salt-daemons
 # virtualenv for the plots.
 bench: up bench-venv
 	PATH=$(VENV)/bin:$$PATH $(BENCH_VENV)/bin/python bench/rolling.py
+	PATH=$(VENV)/bin:$$PATH $(BENCH_VENV)/bin/python bench/canary.py
 
 bench-venv: $(BENCH_VENV)/.installed
 

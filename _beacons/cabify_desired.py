@@ -8,13 +8,17 @@ changes: `consul kv put cabify/desired/version 3` is enough to release.
       cabify_desired:
         - key: cabify/desired/version
 
+The value is a version (``3``) or JSON that names the strategy too
+(``consul kv put cabify/desired/version '{"version": "3", "strategy": "canary"}'``).
 Event ``salt/beacon/<minion>/cabify_desired/`` with data ``{"key", "version",
-"previous"}``. The first pass only remembers the value: a minion that starts does not
-release again what was already released.
+"previous"}`` (and ``strategy`` when the value named one). The first pass only
+remembers the value: a minion that starts does not release again what was already
+released.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 try:
@@ -70,4 +74,18 @@ def beacon(config) -> list[dict]:
     previous, memory["seen"] = memory["seen"], value
     if value is None or value == previous:
         return []
-    return [{"key": key, "version": value, "previous": previous}]
+    asked = _asked(value)
+    return [{"key": key, "previous": previous, **asked}] if asked else []
+
+
+def _asked(value: str) -> dict | None:
+    """A plain version (``3``), or JSON naming the strategy too
+    (``{"version": "3", "strategy": "canary"}``); None for JSON without a version."""
+    if not value.startswith("{"):
+        return {"version": value}
+    try:
+        asked = json.loads(value)
+        return {"version": str(asked["version"]), "strategy": asked.get("strategy", "rolling")}
+    except (ValueError, KeyError, TypeError):
+        log.warning("cabify_desired beacon: %r is JSON without a version: no release", value)
+        return None

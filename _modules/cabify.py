@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -357,10 +358,13 @@ def start_replica(
 # --- Consul registration ---------------------------------------------------------------
 
 
-def register(name: str, service: str = "cabify") -> dict:
+def register(name: str, service: str = "cabify", keep_status: bool = False) -> dict:
     """
     Register the running replica NAME in Consul as an instance of SERVICE, with its
-    address, port, version and role, and an HTTP check on /health every second.
+    address, port, version and role, an HTTP check on /health every second, and its
+    role's weight while a canary runs (``cabify_canary.role_weight``). KEEP_STATUS
+    re-registers an instance with its check's current status, so that a weight change
+    never takes a passing replica out of service for a check interval.
 
     CLI Example:
 
@@ -378,6 +382,13 @@ def register(name: str, service: str = "cabify") -> dict:
         timeout="1s",
         deregister=deregister_after,
     )
+    if keep_status:
+        status = registrations(service).get(name, {}).get("status")
+        if status in ("passing", "warning", "critical"):
+            check["Status"] = status
+    weight = None
+    if "cabify_canary.role_weight" in __salt__:
+        weight = __salt__["cabify_canary.role_weight"](replica["role"], replica["pool"])
     _consul().agent.service.register(
         service,
         service_id=name,
@@ -386,6 +397,8 @@ def register(name: str, service: str = "cabify") -> dict:
         tags=[replica["role"], f"v{replica['version']}"],
         meta={"pool": replica["pool"], "version": replica["version"], "role": replica["role"]},
         check=check,
+        # HAProxy weight = SRV weight / 256, and Consul fills the SRV weight from Passing.
+        weights={"Passing": 256 * weight, "Warning": 1} if weight else None,
     )
     return replica
 
@@ -469,23 +482,111 @@ def reconcile(pool: str = "cabify", service: str = "cabify") -> dict:
 
 def _stuck_slots(live_addresses: set[str], backend: str = "cabify") -> list[str]:
     """server-template slots left in drain with no live replica behind them."""
-    lines = _haproxy("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",") if lines else []
-    stuck = []
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        draining = row.get("pxname") == backend and row.get("status", "").startswith("DRAIN")
-        if draining and row.get("addr") not in live_addresses:
-            stuck.append(row["svname"])
-    return stuck
+    return [
+        row["svname"]
+        for row in _haproxy_rows(backend)
+        if row.get("status", "").startswith("DRAIN") and row.get("addr") not in live_addresses
+    ]
 
 
 # --- health and drain ------------------------------------------------------------------
 
 
+def _haproxy_rows(backend: str) -> list[dict]:
+    lines = _haproxy("show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",") if lines else []
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    return [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
+
+
+def haproxy_servers(backend: str = "cabify") -> dict[str, dict]:
+    """
+    BACKEND's servers that have an address, by ``address:port``: slot name, state,
+    weight and current sessions.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.haproxy_servers
+    """
+    return {
+        row["addr"]: {
+            "name": row["svname"],
+            "state": row["status"],
+            "weight": int(row.get("uweight") or row.get("weight") or 0),
+            "sessions": int(row.get("scur") or 0),
+        }
+        for row in _haproxy_rows(backend)
+        if row.get("addr")
+    }
+
+
+def haproxy_role_counters(backend: str = "cabify") -> dict[str, dict]:
+    """
+    Cumulative counters of BACKEND's servers summed by role (the server-template
+    prefix, ``stable`` or ``canary``): requests sent to them and errors (5xx answers,
+    response errors, and attempts that HAProxy retried on another server).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.haproxy_role_counters
+    """
+
+    def number(row: dict, key: str) -> int:
+        return int(row.get(key) or 0)
+
+    out: dict[str, dict] = {}
+    for row in _haproxy_rows(backend):
+        role = row["svname"].rstrip("0123456789")
+        answered = sum(number(row, f"hrsp_{k}") for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
+        failed = number(row, "wretr") + number(row, "eresp")
+        totals = out.setdefault(role, {"requests": 0, "errors": 0})
+        totals["requests"] += answered + failed
+        totals["errors"] += number(row, "hrsp_5xx") + failed
+    return out
+
+
+_LOG_LINE = re.compile(
+    r"\[(?P<date>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] \S+ (?P<backend>[\w.-]+)/(?P<server>[\w.-]+) "
+    r"-?\d+/-?\d+/-?\d+/(?P<tr>-?\d+)/-?\d+ (?P<status>-?\d+) "
+)
+
+
+def request_latencies(
+    since: float = 0, backend: str = "cabify", ring: str = "requests"
+) -> dict[str, list[int]]:
+    """
+    Response times (ms, HAProxy's Tr) of the requests BACKEND's servers answered since
+    SINCE (epoch seconds), by role, from HAProxy's request log ring RING (runtime API
+    ``show events``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.request_latencies
+    """
+    out: dict[str, list[int]] = {}
+    for line in _haproxy(f"show events {ring}").splitlines():
+        found = _LOG_LINE.search(line)
+        if not found or found["backend"] != backend or int(found["tr"]) < 0:
+            continue
+        at = (
+            time.mktime(time.strptime(found["date"][:-4], "%d/%b/%Y:%H:%M:%S"))
+            + int(found["date"][-3:]) / 1000
+        )
+        if at >= since:
+            out.setdefault(found["server"].rstrip("0123456789"), []).append(int(found["tr"]))
+    return out
+
+
 def haproxy_server(address: str, port: int = APP_PORT, backend: str = "cabify") -> dict | None:
     """
-    The HAProxy server (``{name, state}``) that ADDRESS:PORT fills in BACKEND, if any.
+    The HAProxy server (``{name, state, weight, sessions}``) that ADDRESS:PORT fills in
+    BACKEND, if any.
 
     CLI Example:
 
@@ -493,13 +594,7 @@ def haproxy_server(address: str, port: int = APP_PORT, backend: str = "cabify") 
 
         salt-call cabify.haproxy_server 172.18.0.5
     """
-    lines = _haproxy("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",") if lines else []
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == backend and row.get("addr") == f"{address}:{port}":
-            return {"name": row["svname"], "state": row["status"], "sessions": int(row.get("scur") or 0)}
-    return None
+    return haproxy_servers(backend).get(f"{address}:{port}")
 
 
 def healthy(name: str, service: str = "cabify") -> bool:
@@ -584,7 +679,7 @@ def drain(name: str, drain_timeout: float = 10, service: str = "cabify") -> None
     try:
         container = _docker().containers.get(name)
         container.stop(timeout=int(drain_timeout) + 5)
-        container.remove(force=True)
+        _remove(container)
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as err:
@@ -592,6 +687,39 @@ def drain(name: str, drain_timeout: float = 10, service: str = "cabify") -> None
     if server:
         _release_slot(server["name"], replica["address"])
     log.info("cabify: drained and removed replica %s", name)
+
+
+def remove_role(role: str = "canary", pool: str = "cabify", drain_timeout: float = 5) -> list[str]:
+    """
+    Take every replica of ROLE in POOL out of service and remove it: all of them leave
+    Consul first (no new request reaches them), then each is drained and removed. Holds
+    the pool's lock, so that a heal cannot bring one back half-way.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify.remove_role canary
+    """
+    with _pool_lock(pool):
+        names = [r["name"] for r in replicas(pool) if r["role"] == role]
+        for name in names:
+            deregister(name)
+        for name in names:
+            drain(name, drain_timeout=drain_timeout)
+    return names
+
+
+def _remove(container) -> None:
+    """Remove CONTAINER; one that is gone or being removed already (a heal that saw
+    it stop, say) is as good as removed."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as err:
+        if err.status_code != 409 or "in progress" not in str(err):
+            raise
 
 
 def _release_slot(slot: str, address: str, timeout: float = 10) -> None:
@@ -613,10 +741,13 @@ def plan(
     env: dict | None = None,
     resources: dict | None = None,
     pool: str = "cabify",
+    role: str | None = None,
 ) -> dict:
     """
-    What it takes for POOL to run exactly REPLICAS replicas of VERSION with ENV and
-    RESOURCES: ``{"keep": [...], "start": N, "remove": [...]}``. Changes nothing.
+    What it takes for POOL to run exactly REPLICAS stable replicas of VERSION with ENV
+    and RESOURCES: ``{"keep": [...], "start": N, "remove": [...]}``. Canary replicas
+    are removed too, unless ROLE limits the plan to the replicas of that role. Changes
+    nothing.
 
     CLI Example:
 
@@ -625,8 +756,12 @@ def plan(
         salt-call cabify.plan 2 replicas=5
     """
     wanted = spec_hash(version, env, resources)
-    current = _list(pool)
-    good = [r["name"] for r in current if r["spec"] == wanted and r["status"] == "running"]
+    current = [r for r in _list(pool) if role is None or r["role"] == role]
+    good = [
+        r["name"]
+        for r in current
+        if r["spec"] == wanted and r["status"] == "running" and r["role"] == "stable"
+    ]
     keep = good[:replicas]
     remove = [r["name"] for r in current if r["name"] not in keep]
     return {"keep": keep, "start": replicas - len(keep), "remove": remove}
@@ -734,7 +869,7 @@ def _heal(pool: str, replace_critical: bool, service: str) -> dict:
         dead = container.status in ("exited", "dead")
         critical = container.status == "running" and registered.get(name, {}).get("status") == "critical"
         if dead and state.get("ExitCode", 0) == 0 and name not in registered:
-            container.remove(force=True)
+            _remove(container)
             done["removed"].append(name)
             continue
         if not dead and not (critical and replace_critical):
@@ -746,7 +881,7 @@ def _heal(pool: str, replace_critical: bool, service: str) -> dict:
         register(replacement["name"], service)
         if dead:
             deregister(name)
-            container.remove(force=True)
+            _remove(container)
         else:
             drain(name, drain_timeout=0, service=service)
         done["replaced"][name] = replacement["name"]
@@ -783,6 +918,7 @@ def rolling_plan(
     resources: dict | None = None,
     max_parallel: int = 1,
     pool: str = "cabify",
+    role: str | None = None,
 ) -> dict:
     """
     The batches of a rolling release of POOL to VERSION: in each, the replicas to start
@@ -794,7 +930,7 @@ def rolling_plan(
 
         salt-call cabify.rolling_plan 2 max_parallel=2
     """
-    todo = plan(version, replicas, env, resources, pool)
+    todo = plan(version, replicas, env, resources, pool, role)
     running = {r["name"] for r in _list(pool) if r["status"] == "running"}
     old = [n for n in todo["remove"] if n in running]
     batches = _batches(todo["start"], old, max(1, int(max_parallel)))
@@ -819,13 +955,16 @@ def rolling(
     pool: str = "cabify",
     network: str = "cabify",
     release_id: str | None = None,
+    role: str | None = None,
 ) -> dict:
     """
     Roll POOL to VERSION batch by batch: start MAX_PARALLEL new replicas (surge), wait
     until they have been passing in Consul and UP in HAProxy for MIN_HEALTHY_TIME, then
     drain the same number of old ones. If a new replica crashes or is not healthy by
     HEALTHY_DEADLINE the release stops; with AUTO_REVERT the old version is restored to
-    its full count (it never stopped serving) and every new replica is removed.
+    its full count (it never stopped serving) and every new replica is removed. ROLE
+    limits the release to the replicas of that role (a canary's promotion leaves the
+    canaries alone).
 
     CLI Example:
 
@@ -834,7 +973,7 @@ def rolling(
         salt-call cabify.rolling 2 replicas=3 max_parallel=1
     """
     with _pool_lock(pool):
-        steps = rolling_plan(version, replicas, env, resources, max_parallel, pool)
+        steps = rolling_plan(version, replicas, env, resources, max_parallel, pool, role)
         network_present(network)
         for name in steps["remove_stopped"]:
             drain(name, drain_timeout=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "cabify_release"
 
-LOCK_TTL = 3600  # seconds: a release that dies without unlocking frees the pool after this
+# Seconds: the release renews its session every LOCK_TTL / 3, so a release whose process
+# dies (minion killed, host down) frees the pool within LOCK_TTL (Consul may allow twice).
+LOCK_TTL = 30
 
 
 def __virtual__():
@@ -95,6 +98,25 @@ def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
 
         salt-call cabify_release.rolling 2 replicas=3 max_parallel=1
     """
+    return _release("rolling", "cabify.rolling", version, pool, kwargs)
+
+
+def canary(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
+    """
+    Run a canary release of POOL to VERSION (see ``cabify_canary.run`` for the
+    settings) under POOL's release lock, recorded in history. Fails at once, naming the
+    holder, when another release of POOL is running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_release.canary 2 replicas=3 canary='{steps: [{weight: 20, pause: 30}]}'
+    """
+    return _release("canary", "cabify_canary.run", version, pool, kwargs)
+
+
+def _release(strategy: str, function: str, version: str, pool: str, kwargs: dict) -> dict:
     kwargs = {k: v for k, v in kwargs.items() if not k.startswith("__")}
     client = _consul()
     release_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
@@ -103,7 +125,7 @@ def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
         "id": release_id,
         "pool": pool,
         "minion": __grains__.get("id"),
-        "strategy": "rolling",
+        "strategy": strategy,
         "from": running,
         "to": str(version),
         "started": _now(),
@@ -114,7 +136,7 @@ def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
     session = client.session.create(
         name=f"cabify release {release_id}", behavior="delete", ttl=LOCK_TTL, lock_delay=0
     )
-    lock_value = json.dumps({k: release[k] for k in ("id", "minion", "to", "started")})
+    lock_value = json.dumps({k: release[k] for k in ("id", "minion", "strategy", "to", "started")})
     if not client.kv.put(f"cabify/locks/{pool}", lock_value, acquire=session):
         client.session.destroy(session)
         other = holder(pool) or {}
@@ -124,8 +146,10 @@ def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
         )
     record(pool, release)
     __salt__["event.send"](f"cabify/release/{release_id}/start", release)
+    renewing = threading.Event()
+    threading.Thread(target=_keep_alive, args=(client, session, renewing), daemon=True).start()
     try:
-        done = __salt__["cabify.rolling"](version, pool=pool, release_id=release_id, **kwargs)
+        done = __salt__[function](version, pool=pool, release_id=release_id, **kwargs)
     except CommandExecutionError as err:
         release.update(result="failed", reason=str(err), ended=_now())
         raise
@@ -134,7 +158,17 @@ def rolling(version: str, pool: str = "cabify", **kwargs: Any) -> dict:
     finally:
         if release["result"] == "running":
             release.update(result="failed", reason="interrupted", ended=_now())
+        renewing.set()
         record(pool, release)
         __salt__["event.send"](f"cabify/release/{release_id}/end", release)
         client.session.destroy(session)
     return release
+
+
+def _keep_alive(client, session: str, done: threading.Event) -> None:
+    """Renew the release's session until DONE; a failed renewal is retried."""
+    while not done.wait(LOCK_TTL / 3):
+        try:
+            client.session.renew(session)
+        except Exception as err:  # noqa: BLE001 - keep trying while the release runs
+            log.warning("cabify release: renewing lock session %s failed: %s", session, err)

@@ -104,6 +104,15 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "release:min_healthy_time": ("non_negative_int", True),
         "release:healthy_deadline": ("positive_int", True),
         "release:auto_revert": ("bool", True),
+        "canary:replicas": ("positive_int", True),
+        "canary:steps": ("canary_steps", True),
+        "canary:analysis:max_error_rate": ("fraction", True),
+        "canary:analysis:max_p99_ms": ("positive_number", True),
+        "canary:analysis:min_requests": ("non_negative_int", True),
+        "canary:analysis:interval": ("positive_number", True),
+        "canary:analysis:inconclusive_limit": ("non_negative_int", True),
+        "canary:auto_promote": ("bool", True),
+        "canary:promote_timeout": ("positive_int", True),
     },
     "haproxy": {
         "pkg": ("str", True),
@@ -120,6 +129,9 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "resolvers:hold_valid": ("haproxy_time", True),
         "backend:service": ("service_name", True),
         "backend:slots": ("positive_int", True),
+        "backend:canary_slots": ("positive_int", True),
+        "request_log:ring": ("dns_name", True),
+        "request_log:size": ("positive_int", True),
         "backend:health_path": ("url_path", True),
         "backend:retries": ("non_negative_int", True),
         "global:maxconn": ("positive_int", True),
@@ -131,6 +143,20 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
 }
 
 _MISSING = object()
+
+
+def _canary_steps(value: Any) -> str | None:
+    if not isinstance(value, list) or not value:
+        return "must be a non-empty list of {weight, pause} mappings"
+    for number, step in enumerate(value, start=1):
+        if not isinstance(step, dict) or set(step) != {"weight", "pause"}:
+            return f"step {number} must be a mapping with exactly weight and pause"
+        weight, pause = step["weight"], step["pause"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 100:
+            return f"step {number}: weight must be a percentage above 0 and below 100"
+        if isinstance(pause, bool) or not isinstance(pause, (int, float)) or pause < 0:
+            return f"step {number}: pause must be seconds, 0 or more"
+    return None
 
 
 def __virtual__():
@@ -149,7 +175,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - one branch a kind
+def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PLR0915 - one branch a kind
     """Return why VALUE is not of KIND, or None when it is."""
     if kind == "str":
         return None if isinstance(value, str) and value else "must be a non-empty string"
@@ -230,7 +256,12 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912 - o
         ok = value in ("daily", "weekly", "monthly")
         return None if ok else "must be daily, weekly or monthly"
     if kind == "release_strategy":
-        return None if value == "rolling" else "must be 'rolling' (canary comes with its own orchestration)"
+        return None if value in ("rolling", "canary") else "must be 'rolling' or 'canary'"
+    if kind == "fraction":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+        return None if ok else "must be a number from 0 to 1"
+    if kind == "canary_steps":
+        return _canary_steps(value)
     if kind == "consul_install_method":
         return None if value in ("apt", "url") else "must be 'apt' or 'url'"
     raise ValueError(f"unknown rule kind {kind!r}")

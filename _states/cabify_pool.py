@@ -39,6 +39,7 @@ def converged(
     healthy_timeout: float = 60,
     drain_timeout: float = 10,
     release: dict | None = None,
+    canary: dict | None = None,
 ) -> dict:
     """
     Exactly REPLICAS healthy replicas of VERSION (with ENV and RESOURCES) run in pool
@@ -47,7 +48,9 @@ def converged(
     When running replicas differ from what is asked (another version, env or
     resources), that is a release, done with RELEASE's strategy (``rolling``: batches of
     ``max_parallel``, each healthy for ``min_healthy_time`` before old ones are drained,
-    within ``healthy_deadline``, reverted on failure when ``auto_revert``).
+    within ``healthy_deadline``, reverted on failure when ``auto_revert``; ``canary``: a
+    few replicas get CANARY's ``steps`` of traffic under analysis, then promotion or
+    abort, see ``cabify_canary.run``).
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     release = {"strategy": "rolling", **(release or {})}
@@ -55,6 +58,7 @@ def converged(
         wanted = __salt__["cabify.spec_hash"](version, env, resources)
         running = [r for r in __salt__["cabify.replicas"](name) if r["status"] == "running"]
         if any(r["spec"] != wanted for r in running):
+            release["canary"] = canary or {}
             return _release(ret, name, version, replicas, env, resources, network, drain_timeout, release)
         todo = __salt__["cabify.plan"](version, replicas, env, resources, pool=name)
         missing = {}
@@ -100,10 +104,18 @@ def _release(ret, pool, version, replicas, env, resources, network, drain_timeou
         "healthy_deadline": float(release.get("healthy_deadline", 60)),
         "auto_revert": bool(release.get("auto_revert", True)),
     }
-    if release["strategy"] != "rolling":
-        ret.update(result=False, comment=f"release strategy {release['strategy']!r} is not supported here")
+    if release["strategy"] not in ("rolling", "canary"):
+        ret.update(result=False, comment=f"release strategy {release['strategy']!r} is not supported")
         return ret
-    steps = __salt__["cabify.rolling_plan"](version, replicas, env, resources, settings["max_parallel"], pool)
+    # A canary's promotion rolls the stable replicas only; a rolling release, all of them.
+    role = "stable" if release["strategy"] == "canary" else None
+    steps = __salt__["cabify.rolling_plan"](
+        version, replicas, env, resources, settings["max_parallel"], pool, role
+    )
+    if release["strategy"] == "canary":
+        return _canary(
+            ret, pool, version, replicas, env, resources, network, drain_timeout, settings, release, steps
+        )
     if __opts__["test"]:
         ret.update(
             result=None,
@@ -127,4 +139,51 @@ def _release(ret, pool, version, replicas, env, resources, network, drain_timeou
         return ret
     ret["changes"] = {"release": done["id"], "started": done["started"], "removed": done["removed"]}
     ret["comment"] = f"pool {pool} rolled to version {version} (release {done['id']})"
+    return ret
+
+
+def _canary(
+    ret, pool, version, replicas, env, resources, network, drain_timeout, settings, release, steps
+) -> dict:
+    canary = release["canary"]
+    if __opts__["test"]:
+        ret.update(
+            result=None,
+            changes={
+                "release": {
+                    "strategy": "canary",
+                    "to": version,
+                    "canary_replicas": canary.get("replicas", 1),
+                    "steps": canary.get("steps"),
+                    "analysis": canary.get("analysis"),
+                    "auto_promote": canary.get("auto_promote", True),
+                    "promotion": steps,
+                }
+            },
+            comment=(
+                f"Would start {canary.get('replicas', 1)} canary replica(s) of version {version} in pool "
+                f"{pool}, step through {len(canary.get('steps') or [])} weight(s), then promote in "
+                f"{len(steps['batches'])} batch(es) or abort"
+            ),
+        )
+        return ret
+    settings = {k: v for k, v in settings.items() if k != "auto_revert"}
+    try:
+        done = __salt__["cabify_release.canary"](
+            version,
+            pool=pool,
+            replicas=replicas,
+            env=env,
+            resources=resources,
+            network=network,
+            drain_timeout=drain_timeout,
+            canary=canary,
+            **settings,
+        )
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret["changes"] = {"release": done["id"], "canaries": done["canaries"], "started": done["started"]}
+    ret["changes"]["removed"] = done["removed"]
+    ret["comment"] = f"canary of version {version} promoted in pool {pool} (release {done['id']})"
     return ret

@@ -15,5 +15,6 @@ cabify-service-pool-converged:
     - healthy_timeout: {{ cabify.healthy_timeout }}
     - drain_timeout: {{ cabify.drain_timeout }}
     - release: {{ cabify.release | json }}
+    - canary: {{ cabify.canary | json }}
     - require:
       - cabify_image: cabify-install-image-built

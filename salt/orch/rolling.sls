@@ -5,6 +5,7 @@
     Consul KV key cabify/desired/version (cabify_desired beacon). -#}
 {%- set cabify = salt["pillar.get"]("cabify", {}) %}
 {%- set target = salt["pillar.get"]("release:target", "*") %}
+{%- set release = salt["slsutil.merge"](cabify, { "release": { "strategy": "rolling" } }) %}
 
 cabify-orch-rolling-hosts:
   salt.state:
@@ -13,4 +14,4 @@ cabify-orch-rolling-hosts:
     - batch: 1
     - failhard: true
     - pillar:
-        cabify: {{ cabify | json }}
+        cabify: {{ release | json }}

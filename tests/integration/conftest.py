@@ -45,6 +45,7 @@ class StandInReplica:
             {
                 "ID": self.instance,
                 "Name": "cabify",
+                "Tags": ["stable"],  # HAProxy's stable server-template reads _cabify._stable
                 "Address": "127.0.0.1",
                 "Port": self.port,
                 "Check": {"HTTP": f"http://127.0.0.1:{self.port}/health", "Interval": "1s"},

@@ -32,7 +32,8 @@ def release(salt_call_cli, version: str, replicas: int = 3, env: dict | None = N
     pillar = {
         "cabify": {"version": version, "replicas": replicas, "env": env or {}, "release": FAST | settings}
     }
-    return salt_call_cli.run("state.apply", "cabify", pillar=pillar)
+    # queue: a release that an event or the KV key started may still be finishing.
+    return salt_call_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
 
 
 def last_release() -> dict:
@@ -121,6 +122,15 @@ def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, on_versi
     release(salt_call_cli, "1")
 
 
+def wait_release_end(version: str, timeout: float = 240) -> dict:
+    """The record of the release to VERSION, once it has ended."""
+    return wait_for(
+        lambda: (r := last_release())["to"] == version and r["result"] != "running" and r,
+        timeout,
+        f"the end of the release to {version}",
+    )
+
+
 def _unique_version(prefix: str) -> str:
     return f"{prefix}{int(time.time()) % 1_000_000}"
 
@@ -129,24 +139,16 @@ def test_event_triggers_a_release(salt_call_cli, on_version_1):
     version = _unique_version("ev")
     ret = salt_call_cli.run("event.send", "cabify/release/request", data={"version": version})
     assert ret.returncode == 0, ret.stderr
-    wait_for(
-        lambda: versions_running() == {version: 3} and pool_settled(3),
-        240,
-        f"the release to {version} asked for by a cabify/release/request event",
-    )
-    assert last_release()["to"] == version and last_release()["result"] == "succeeded"
+    assert wait_release_end(version)["result"] == "succeeded"
+    wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
 
 
 def test_kv_desired_version_triggers_a_release(on_version_1):
     version = _unique_version("kv")
     status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/version", version.encode())
     assert status == 200
-    wait_for(
-        lambda: versions_running() == {version: 3} and pool_settled(3),
-        240,
-        f"the release to {version} asked for through Consul KV cabify/desired/version",
-    )
-    assert last_release()["to"] == version and last_release()["result"] == "succeeded"
+    assert wait_release_end(version)["result"] == "succeeded"
+    wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
 
 
 def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, on_version_1):
@@ -155,3 +157,13 @@ def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, on_version_
     assert ret.returncode != 0, "orch.rolling reported success for a host whose release failed"
     assert versions_running() == {"1": 3}
     assert last_release()["result"] == "failed" and last_release()["to"] == "7"
+
+
+def test_runners_show_status_and_history(salt_run_cli, on_version_1):
+    history = salt_run_cli.run("cabify.history", limit=3)
+    assert history.returncode == 0 and isinstance(history.data, list), history.stdout
+    assert history.data and history.data[0]["id"] == last_release()["id"]
+    status = salt_run_cli.run("cabify.status")
+    assert status.returncode == 0, status.stdout
+    assert status.data["release_running"] is None
+    assert status.data["instances"] == {"1": {"passing": 3}}

@@ -10,8 +10,9 @@ cabify = load("modules", "cabify")
 beacon = load("beacons", "cabify_docker")
 
 
-def replica(name, version="1", status="running", env=None):
-    return {"name": name, "version": version, "status": status, "spec": cabify.spec_hash(version, env, None)}
+def replica(name, version="1", status="running", env=None, role="stable"):
+    spec = cabify.spec_hash(version, env, None)
+    return {"name": name, "version": version, "status": status, "spec": spec, "role": role}
 
 
 @pytest.fixture
@@ -58,3 +59,11 @@ def test_spec_hash_ignores_env_order():
 )
 def test_beacon_validate_never_raises(config, ok):
     assert beacon.validate(config)[0] is ok
+
+
+def test_canaries_are_never_kept_as_the_pool_and_a_role_limits_the_plan(pool):
+    pool += [replica("a"), replica("b"), replica("c1", version="2", role="canary")]
+    # A plain converge to version 2 does not count the canary as one of the pool.
+    assert cabify.plan("2", 2) == {"keep": [], "start": 2, "remove": ["a", "b", "c1"]}
+    # A canary's promotion rolls the stable replicas only.
+    assert cabify.plan("2", 2, role="stable") == {"keep": [], "start": 2, "remove": ["a", "b"]}
