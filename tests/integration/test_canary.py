@@ -88,7 +88,11 @@ def test_weight_change_needs_no_reload_and_survives_one(salt_call_cli, stable_po
     names = start_canaries(salt_call_cli, "canary-share", 1)
     try:
         assert salt_call_cli.run("cabify_canary.set_weight", 20).returncode == 0
-        assert weights_by_role() == {"stable": {4}, "canary": {3}}
+        wait_for(
+            lambda: weights_by_role() == {"stable": {4}, "canary": {3}},
+            30,
+            "stable servers at weight 4 and the canary, once UP, at 3",
+        )
         assert haproxy_info()["Pid"] == pid, "HAProxy was reloaded for a weight change"
         assert salt_call_cli.run("service.reload", "haproxy").returncode == 0
         wait_for(lambda: haproxy_info()["Pid"] != pid, 30, "HAProxy's reload")
