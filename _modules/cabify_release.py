@@ -154,7 +154,8 @@ def _release(strategy: str, function: str, version: str, pool: str, kwargs: dict
         release.update(result="failed", reason=str(err), ended=_now())
         raise
     else:
-        release.update(result="succeeded", ended=_now(), **done)
+        # What changed, apart from the record's own started/ended times.
+        release.update(result="succeeded", ended=_now(), replicas=done)
     finally:
         if release["result"] == "running":
             release.update(result="failed", reason="interrupted", ended=_now())

@@ -137,7 +137,7 @@ def _release(ret, pool, version, replicas, env, resources, network, drain_timeou
     except CommandExecutionError as err:
         ret.update(result=False, comment=str(err))
         return ret
-    ret["changes"] = {"release": done["id"], "started": done["started"], "removed": done["removed"]}
+    ret["changes"] = {"release": done["id"], **done["replicas"]}
     ret["comment"] = f"pool {pool} rolled to version {version} (release {done['id']})"
     return ret
 
@@ -183,7 +183,6 @@ def _canary(
     except CommandExecutionError as err:
         ret.update(result=False, comment=str(err))
         return ret
-    ret["changes"] = {"release": done["id"], "canaries": done["canaries"], "started": done["started"]}
-    ret["changes"]["removed"] = done["removed"]
+    ret["changes"] = {"release": done["id"], **done["replicas"]}
     ret["comment"] = f"canary of version {version} promoted in pool {pool} (release {done['id']})"
     return ret

@@ -54,7 +54,8 @@ def run(name: str, version: str, env: dict, args) -> dict:
 def summary(name, version, load, t0, release, events, state) -> dict:
     marks = []  # (seconds, configured canary weight)
     figures = []  # (seconds, canary error rate seen by the analysis)
-    for at, tag, data in events:
+    for at, tag, event in events:
+        data = event.get("data", event)  # a minion's event.send arrives wrapped
         step = tag.rsplit("/", 1)[-1]
         live = data.get("state") or {}
         if step == "step":
