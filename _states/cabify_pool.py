@@ -123,22 +123,30 @@ def _release(ret, pool, version, replicas, env, resources, network, drain_timeou
             comment=f"Would roll pool {pool} to version {version} in {len(steps['batches'])} batch(es)",
         )
         return ret
+    return _carry_out(
+        ret,
+        "cabify_release.rolling",
+        version,
+        f"pool {pool} rolled to version {version}",
+        pool=pool,
+        replicas=replicas,
+        env=env,
+        resources=resources,
+        network=network,
+        drain_timeout=drain_timeout,
+        **settings,
+    )
+
+
+def _carry_out(ret: dict, function: str, version: str, success: str, **kwargs) -> dict:
+    """Run the release FUNCTION; its error becomes the state's failure."""
     try:
-        done = __salt__["cabify_release.rolling"](
-            version,
-            pool=pool,
-            replicas=replicas,
-            env=env,
-            resources=resources,
-            network=network,
-            drain_timeout=drain_timeout,
-            **settings,
-        )
+        done = __salt__[function](version, **kwargs)
     except CommandExecutionError as err:
         ret.update(result=False, comment=str(err))
         return ret
     ret["changes"] = {"release": done["id"], **done["replicas"]}
-    ret["comment"] = f"pool {pool} rolled to version {version} (release {done['id']})"
+    ret["comment"] = f"{success} (release {done['id']})"
     return ret
 
 
@@ -168,21 +176,17 @@ def _canary(
         )
         return ret
     settings = {k: v for k, v in settings.items() if k != "auto_revert"}
-    try:
-        done = __salt__["cabify_release.canary"](
-            version,
-            pool=pool,
-            replicas=replicas,
-            env=env,
-            resources=resources,
-            network=network,
-            drain_timeout=drain_timeout,
-            canary=canary,
-            **settings,
-        )
-    except CommandExecutionError as err:
-        ret.update(result=False, comment=str(err))
-        return ret
-    ret["changes"] = {"release": done["id"], **done["replicas"]}
-    ret["comment"] = f"canary of version {version} promoted in pool {pool} (release {done['id']})"
-    return ret
+    return _carry_out(
+        ret,
+        "cabify_release.canary",
+        version,
+        f"canary of version {version} promoted in pool {pool}",
+        pool=pool,
+        replicas=replicas,
+        env=env,
+        resources=resources,
+        network=network,
+        drain_timeout=drain_timeout,
+        canary=canary,
+        **settings,
+    )
