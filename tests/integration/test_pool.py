@@ -3,7 +3,9 @@ scaled and healed with no failed request."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 
 import docker
@@ -113,15 +115,19 @@ def test_killed_replica_is_replaced_under_load(salt_call_cli, pool_of_three):
 
 
 @pytest.fixture
-def beacons_paused(salt_call_cli):
-    """The heal beacon off for the test's duration, so that only the call under test
-    fixes what the test broke."""
-    assert salt_call_cli.run("beacons.disable").data["result"] is True
-    yield
-    assert salt_call_cli.run("beacons.enable").data["result"] is True
+def heal_held_off():
+    """The pool's host lock held by the test: a heal (which takes it) waits until the
+    test ends, so that only the call under test fixes what the test broke."""
+    os.makedirs("/run/cabify", exist_ok=True)
+    with open("/run/cabify/cabify.lock", "w", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_three, beacons_paused):
+def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_three, heal_held_off):
     missing = sorted(pool_of_three)[0]
     consul("PUT", f"/v1/agent/service/deregister/{missing}")
     consul(
