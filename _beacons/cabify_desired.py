@@ -1,32 +1,27 @@
 """
-Watch the Consul KV key that holds the pool's desired version, and fire when it
-changes: `consul kv put cabify/desired/version 3` is enough to release.
+Watch the Consul KV keys that hold each pool's desired version, and fire when one
+changes: ``consul kv put cabify/desired/shop 3`` is enough to release version 3 of
+pool ``shop``.
 
 .. code-block:: yaml
 
     beacons:
       cabify_desired:
-        - key: cabify/desired/version
+        - prefix: cabify/desired/      # the default
 
-The value is a version (``3``) or JSON that names the strategy too
-(``consul kv put cabify/desired/version '{"version": "3", "strategy": "canary"}'``).
-Event ``salt/beacon/<minion>/cabify_desired/`` with data ``{"key", "version",
-"previous"}`` (and ``strategy`` when the value named one). The first pass only
-remembers the value: a minion that starts does not release again what was already
-released.
+The value is a version (``3``) or JSON that names the strategy and the canary's
+settings too (``{"version": "3", "strategy": "canary", "canary": {...}}``). Event
+``salt/beacon/<minion>/cabify_desired/<pool>`` with data ``{"pool", "key", "version",
+"previous"}`` (and ``strategy``, ``canary`` when the value named them). The first pass
+only remembers the values: a minion that starts does not release again what was
+already released.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
-try:
-    import consul
-
-    HAS_CONSUL = True
-except ImportError:
-    HAS_CONSUL = False
+import salt.utils.beacons
 
 log = logging.getLogger(__name__)
 
@@ -34,58 +29,58 @@ __virtualname__ = "cabify_desired"
 
 
 def __virtual__():
-    if not HAS_CONSUL:
-        return (False, "cabify_desired beacon: py-consul is not installed in Salt's venv")
+    if "cabify_consul.kv_tree" not in __salt__:
+        return (False, "cabify_desired beacon: the cabify_consul module is not loaded (py-consul?)")
     return __virtualname__
 
 
-def _config(config) -> dict:
-    if isinstance(config, list):
-        merged: dict = {}
-        for item in config:
-            merged.update(item)
-        return merged
-    return dict(config or {})
+def _prefix(config) -> str:
+    return salt.utils.beacons.list_to_dict(config).get("prefix", "cabify/desired/")
 
 
 def validate(config) -> tuple[bool, str]:
-    """The configuration is a list of one-key mappings; ``key`` must be a string."""
-    if not isinstance(config, (list, dict)):
+    """The configuration is a list of one-key mappings; ``prefix`` must be a string ending in /."""
+    if not isinstance(config, list):
         return False, "cabify_desired beacon: configuration must be a list of mappings"
-    if not isinstance(_config(config).get("key", "cabify/desired/version"), str):
-        return False, "cabify_desired beacon: key must be a string"
+    prefix = _prefix(config)
+    if not isinstance(prefix, str) or not prefix.endswith("/"):
+        return False, "cabify_desired beacon: prefix must be a KV path ending in /"
     return True, "valid"
 
 
 def beacon(config) -> list[dict]:
-    key = _config(config).get("key", "cabify/desired/version")
+    prefix = _prefix(config)
     memory = __context__.setdefault("cabify_desired", {})
-    host = __salt__["config.get"]("consul:api:host", "127.0.0.1")
-    port = __salt__["config.get"]("consul:config:ports:http", 8500)
     try:
-        _, entry = consul.Consul(host=host, port=port).kv.get(key)
+        values = __salt__["cabify_consul.kv_tree"](prefix)
     except Exception as err:  # noqa: BLE001 - a beacon never raises
-        log.debug("cabify_desired beacon: %s not readable: %s", key, err)
+        log.debug("cabify_desired beacon: %s not readable: %s", prefix, err)
         return []
-    value = entry["Value"].decode().strip() if entry and entry.get("Value") else None
-    if "seen" not in memory:
-        memory["seen"] = value
-        return []
-    previous, memory["seen"] = memory["seen"], value
-    if value is None or value == previous:
-        return []
-    asked = _asked(value)
-    return [{"key": key, "previous": previous, **asked}] if asked else []
+    first = "seen" not in memory
+    seen = memory.setdefault("seen", {})
+    found = []
+    for key, value in sorted(values.items()):
+        pool = key[len(prefix) :]
+        if not pool or "/" in pool or value is None:
+            continue
+        previous, seen[key] = seen.get(key), value
+        if first or value == previous:
+            continue
+        asked = _asked(value)
+        if asked:
+            found.append({"tag": pool, "pool": pool, "key": key, "previous": previous, **asked})
+    return found
 
 
-def _asked(value: str) -> dict | None:
-    """A plain version (``3``), or JSON naming the strategy too
-    (``{"version": "3", "strategy": "canary"}``); None for JSON without a version."""
-    if not value.startswith("{"):
-        return {"version": value}
-    try:
-        asked = json.loads(value)
-        return {"version": str(asked["version"]), "strategy": asked.get("strategy", "rolling")}
-    except (ValueError, KeyError, TypeError):
-        log.warning("cabify_desired beacon: %r is JSON without a version: no release", value)
+def _asked(value) -> dict | None:
+    """A plain version (``3``), or a mapping naming the strategy and canary settings
+    too; None for a mapping without a version."""
+    if not isinstance(value, dict):
+        return {"version": str(value)}
+    if "version" not in value:
+        log.warning("cabify_desired beacon: %r names no version: no release", value)
         return None
+    asked = {"version": str(value["version"]), "strategy": value.get("strategy", "rolling")}
+    if isinstance(value.get("canary"), dict):
+        asked["canary"] = value["canary"]
+    return asked

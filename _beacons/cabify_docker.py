@@ -1,29 +1,35 @@
 """
-Watch the Cabify App's containers and fire when the pool needs healing.
+Watch this host's pools and fire when one needs healing.
 
 .. code-block:: yaml
 
     beacons:
       cabify_docker:
-        - pool: cabify
+        - disable_during_state_run: true
+        - pools: [cabify, shop]     # optional: every pool with a container here
 
-Events (``salt/beacon/<minion>/cabify_docker/<pool>/<action>``), with data
-``{"pool", "name", "version", "action", "exit_code"}``:
+Events ``salt/beacon/<minion>/cabify_docker/<pool>/<action>``, with data ``{"pool",
+"action", ...}``:
 
 - ``start``: a replica started (it must be registered in Consul);
-- ``die``: a replica stopped or was killed (it must be replaced or forgotten);
-- ``critical``: a running replica has been critical in Consul for a few passes;
-- ``drift``: Consul and Docker disagree (a running replica not registered, or a
-  registration whose container is gone).
+- ``die``: a replica stopped or was killed (it must be replaced or forgotten), with
+  ``name``, ``version`` and ``exit_code``;
+- ``critical``: a running replica has been critical in Consul for 5 passes (``name``);
+- ``drift``: Consul and Docker disagree (``unregistered``: running replicas not
+  registered; ``stale``: registrations whose container is gone);
+- ``orphan``: what a release that died left behind (canary replicas, weights) while
+  no release holds the pool's lock, for 3 passes (again every 30 while it stays).
 
 An event is sent on a change, not on every pass: Docker's own event stream is read
-from where the last pass stopped.
+from where the last pass stopped, and drift is reported once until it changes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+
+import salt.utils.beacons
 
 try:
     import docker
@@ -36,6 +42,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "cabify_docker"
 
+LABEL_POOL = "cabify.pool"
+CRITICAL_PASSES = 5
+ORPHAN_PASSES = 3
+
 
 def __virtual__():
     if not HAS_DOCKER:
@@ -43,102 +53,110 @@ def __virtual__():
     return __virtualname__
 
 
-def _config(config) -> dict:
-    if isinstance(config, list):
-        merged: dict = {}
-        for item in config:
-            merged.update(item)
-        return merged
-    return dict(config or {})
-
-
 def validate(config) -> tuple[bool, str]:
-    """The configuration is a list of one-key mappings; ``pool`` must be a string."""
-    if not isinstance(config, (list, dict)):
+    """The configuration is a list of one-key mappings; ``pools``, when set, a list of names."""
+    if not isinstance(config, list):
         return False, "cabify_docker beacon: configuration must be a list of mappings"
-    conf = _config(config)
-    if not isinstance(conf.get("pool", "cabify"), str):
-        return False, "cabify_docker beacon: pool must be a string"
+    pools = salt.utils.beacons.list_to_dict(config).get("pools")
+    if pools is not None and (not isinstance(pools, list) or not all(isinstance(p, str) for p in pools)):
+        return False, "cabify_docker beacon: pools must be a list of pool names"
     return True, "valid"
 
 
 def beacon(config) -> list[dict]:
-    conf = _config(config)
-    pool = conf.get("pool", "cabify")
+    conf = salt.utils.beacons.list_to_dict(config)
     memory = __context__.setdefault(
-        "cabify_docker", {"since": int(time.time()), "seen": set(), "critical": {}}
+        "cabify_docker", {"since": int(time.time()), "seen": set(), "critical": {}, "drift": {}, "orphan": {}}
     )
-    until = int(time.time()) + 1
-    found = []
     try:
-        client = docker.from_env(timeout=10)
-        stream = client.events(
-            since=memory["since"],
-            until=until,
-            decode=True,
-            filters={"type": "container", "label": f"cabify.pool={pool}", "event": ["start", "die"]},
-        )
-        for event in stream:
-            key = (event.get("id"), event.get("Action"), event.get("timeNano"))
-            if key in memory["seen"]:
-                continue
-            memory["seen"].add(key)
-            attrs = event.get("Actor", {}).get("Attributes", {})
-            found.append(
-                {
-                    "tag": f"{pool}/{event['Action']}",
-                    "pool": pool,
-                    "action": event["Action"],
-                    "name": attrs.get("name"),
-                    "version": attrs.get("cabify.version"),
-                    "exit_code": attrs.get("exitCode"),
-                }
-            )
-    except docker.errors.DockerException as err:
-        log.warning("cabify_docker beacon: cannot read docker events: %s", err)
+        found = _docker_events(memory, conf.get("pools"))
+        replicas = __salt__["cabify_docker.replicas"]()
+    except Exception as err:  # noqa: BLE001 - a beacon never raises
+        log.warning("cabify_docker beacon: cannot read docker: %s", err)
         return []
-    # Keep the last seconds' keys only: events are read again from `since`.
-    memory["since"] = until - 2
-    if len(memory["seen"]) > 1000:
-        memory["seen"] = set(list(memory["seen"])[-200:])
-    found.extend(_critical(pool, memory))
-    found.extend(_drift(pool, memory))
+    pools = conf.get("pools") or sorted({r["pool"] for r in replicas if r["pool"]})
+    for pool in pools:
+        try:
+            registered = __salt__["cabify_consul.registrations"](pool)
+        except Exception as err:  # noqa: BLE001 - a beacon never raises
+            log.debug("cabify_docker beacon: consul not readable: %s", err)
+            continue
+        mine = [r for r in replicas if r["pool"] == pool]
+        found.extend(_critical(pool, registered, memory))
+        found.extend(_drift(pool, mine, registered, memory))
+        found.extend(_orphan(pool, memory))
     return found
 
 
-def _drift(pool: str, memory: dict) -> list[dict]:
-    """Running replicas missing from Consul, or registrations with no running replica."""
-    try:
-        running = {r["name"] for r in __salt__["cabify.replicas"](pool, all=False)}
-        registered = {
-            sid for sid, reg in __salt__["cabify.registrations"](pool).items() if reg["pool"] == pool
-        }
-    except Exception as err:  # noqa: BLE001 - a beacon never raises
-        log.debug("cabify_docker beacon: drift not readable: %s", err)
+def _docker_events(memory: dict, pools: list[str] | None) -> list[dict]:
+    """``start`` and ``die`` of the pools' containers since the last pass."""
+    until = int(time.time()) + 1
+    stream = docker.from_env(timeout=10).events(
+        since=memory["since"],
+        until=until,
+        decode=True,
+        filters={"type": "container", "label": LABEL_POOL, "event": ["start", "die"]},
+    )
+    found = []
+    for event in stream:
+        key = (event.get("id"), event.get("Action"), event.get("timeNano"))
+        attrs = event.get("Actor", {}).get("Attributes", {})
+        pool = attrs.get(LABEL_POOL)
+        if key in memory["seen"] or (pools and pool not in pools):
+            continue
+        memory["seen"].add(key)
+        found.append(
+            {
+                "tag": f"{pool}/{event['Action']}",
+                "pool": pool,
+                "action": event["Action"],
+                "name": attrs.get("name"),
+                "version": attrs.get("cabify.version"),
+                "exit_code": attrs.get("exitCode"),
+            }
+        )
+    # Events are read again from `since`: keep the last seconds' keys only.
+    memory["since"] = until - 2
+    if len(memory["seen"]) > 1000:
+        memory["seen"] = set(list(memory["seen"])[-200:])
+    return found
+
+
+def _drift(pool: str, replicas: list[dict], registered: dict, memory: dict) -> list[dict]:
+    """Running replicas missing from Consul, or this pool's registrations with no running replica."""
+    live = {r["name"] for r in replicas if r["status"] == "running"}
+    ours = {sid for sid, reg in registered.items() if reg["pool"] == pool}
+    drift = (tuple(sorted(live - ours)), tuple(sorted(ours - live)))
+    before, memory["drift"][pool] = memory["drift"].get(pool), drift
+    if drift in (before, ((), ())):
         return []
-    drift = (tuple(sorted(running - registered)), tuple(sorted(registered - running)))
-    if drift == memory.get("drift") or drift == ((), ()):
-        memory["drift"] = drift
-        return []
-    memory["drift"] = drift
     return [
         {"tag": f"{pool}/drift", "pool": pool, "action": "drift", "unregistered": drift[0], "stale": drift[1]}
     ]
 
 
-def _critical(pool: str, memory: dict, passes: int = 5) -> list[dict]:
-    """Replicas critical in Consul for PASSES passes in a row, reported once."""
-    try:
-        registered = __salt__["cabify.registrations"](pool)
-    except Exception as err:  # noqa: BLE001 - a beacon never raises
-        log.debug("cabify_docker beacon: consul not readable: %s", err)
-        return []
+def _critical(pool: str, registered: dict, memory: dict) -> list[dict]:
+    """Replicas critical in Consul for CRITICAL_PASSES passes in a row, reported once."""
+    counts = memory["critical"].setdefault(pool, {})
     events = []
     for name, reg in registered.items():
         if reg["status"] != "critical":
-            memory["critical"].pop(name, None)
+            counts.pop(name, None)
             continue
-        memory["critical"][name] = memory["critical"].get(name, 0) + 1
-        if memory["critical"][name] == passes:
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] == CRITICAL_PASSES:
             events.append({"tag": f"{pool}/critical", "pool": pool, "action": "critical", "name": name})
     return events
+
+
+def _orphan(pool: str, memory: dict) -> list[dict]:
+    """What a dead release left behind, seen for ORPHAN_PASSES passes in a row, reported once."""
+    try:
+        orphaned = __salt__["cabify_release.needs_recovery"](pool)
+    except Exception as err:  # noqa: BLE001 - a beacon never raises
+        log.debug("cabify_docker beacon: release state not readable: %s", err)
+        return []
+    count = memory["orphan"][pool] = memory["orphan"].get(pool, 0) + 1 if orphaned else 0
+    if count and count % 30 == ORPHAN_PASSES:  # again every 30 passes while it stays
+        return [{"tag": f"{pool}/orphan", "pool": pool, "action": "orphan"}]
+    return []

@@ -85,17 +85,48 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "start_timeout": ("positive_int", True),
     },
     "cabify": {
+        "image:repository": ("image_name", True),
+        "image:base": ("image_ref", True),
+        "image:build_base": ("bool", True),
+        "image:suite": ("str", True),
+        "image:source_dir": ("abs_path", True),
+        "pool": ("mapping", True),
+        "pools": ("pool_mapping", True),
+    },
+    "haproxy": {
+        "pkg": ("str", True),
+        "config_file": ("abs_path", True),
+        "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
+        "frontend:bind": ("ip", True),
+        "stats:bind": ("ip", True),
+        "stats:port": ("port", True),
+        "runtime_api:socket": ("abs_path", True),
+        "resolvers:nameserver": ("ip", True),
+        "resolvers:port": ("port", True),
+        "resolvers:hold_valid": ("haproxy_time", True),
+        "request_log:ring": ("dns_name", True),
+        "request_log:size": ("positive_int", True),
+        "global:maxconn": ("positive_int", True),
+        "global:extra": ("list_of_str", True),
+        "defaults:timeouts": ("mapping", True),
+        "defaults:extra": ("list_of_str", True),
+        "backend": ("mapping", True),
+        "backends": ("pool_mapping", True),
+    },
+}
+
+# Rules of each member of a mapping of pools: cabify:pool and cabify:pools:<name> (a
+# pool's settings), haproxy:backend and haproxy:backends:<name> (its backend).
+MEMBER_RULES: dict[str, dict[str, tuple[str, bool]]] = {
+    "cabify": {
         "version": ("image_tag", True),
         "replicas": ("non_negative_int", True),
         "env": ("env_mapping", True),
         "resources": ("mapping", True),
         "resources:memory": ("size", False),
         "resources:cpus": ("positive_number", False),
-        "network": ("dns_name", True),
-        "image:base": ("image_ref", True),
-        "image:build_base": ("bool", True),
-        "image:suite": ("str", True),
-        "image:source_dir": ("abs_path", True),
+        "network": ("network_name", False),
         "healthy_timeout": ("positive_int", True),
         "drain_timeout": ("non_negative_int", True),
         "registration:deregister_critical_after": ("haproxy_time", True),
@@ -104,6 +135,8 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "release:min_healthy_time": ("non_negative_int", True),
         "release:healthy_deadline": ("positive_int", True),
         "release:auto_revert": ("bool", True),
+        "release:lock_ttl": ("lock_ttl", True),
+        "release:timeout": ("positive_int", True),
         "canary:replicas": ("positive_int", True),
         "canary:steps": ("canary_steps", True),
         "canary:analysis:max_error_rate": ("fraction", True),
@@ -115,32 +148,25 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "canary:promote_timeout": ("positive_int", True),
     },
     "haproxy": {
-        "pkg": ("str", True),
-        "config_file": ("abs_path", True),
-        "service:name": ("str", True),
-        "service:enable": ("bool_or_null", False),
-        "frontend:bind": ("ip", True),
-        "frontend:port": ("port", True),
-        "stats:bind": ("ip", True),
-        "stats:port": ("port", True),
-        "runtime_api:socket": ("abs_path", True),
-        "resolvers:nameserver": ("ip", True),
-        "resolvers:port": ("port", True),
-        "resolvers:hold_valid": ("haproxy_time", True),
-        "backend:service": ("service_name", True),
-        "backend:slots": ("positive_int", True),
-        "backend:canary_slots": ("positive_int", True),
-        "request_log:ring": ("dns_name", True),
-        "request_log:size": ("positive_int", True),
-        "backend:health_path": ("url_path", True),
-        "backend:retries": ("non_negative_int", True),
-        "global:maxconn": ("positive_int", True),
-        "global:extra": ("list_of_str", True),
-        "defaults:timeouts": ("mapping", True),
-        "defaults:extra": ("list_of_str", True),
-        "backend:extra": ("list_of_str", True),
+        "port": ("port", True),
+        "slots": ("positive_int", True),
+        "canary_slots": ("positive_int", True),
+        "health_path": ("url_path", True),
+        "timeout_connect": ("haproxy_time", True),
+        "timeout_server": ("haproxy_time", True),
+        "retries": ("non_negative_int", True),
+        "retry_on": ("retry_on", True),
+        "redispatch": ("int", True),
+        "extra": ("list_of_str", True),
     },
 }
+MEMBERS = {"cabify": ("pool", "pools"), "haproxy": ("backend", "backends")}
+
+# HAProxy's retry-on keywords (2.6).
+_RETRY_ON = {
+    "none", "conn-failure", "empty-response", "junk-response", "response-timeout", "0rtt-rejected",
+    "all-retryable-errors", "401", "403", "404", "408", "425", "500", "501", "502", "503", "504",
+}  # fmt: skip
 
 _MISSING = object()
 
@@ -161,6 +187,13 @@ def _canary_steps(value: Any) -> str | None:
 
 def __virtual__():
     return __virtualname__
+
+
+def _retry_on(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.split():
+        return "must be HAProxy retry-on keywords separated by spaces"
+    unknown = [w for w in value.split() if w not in _RETRY_ON]
+    return f"has unknown retry-on keywords {unknown}" if unknown else None
 
 
 def _lookup(data: Any, path: str) -> Any:
@@ -262,6 +295,24 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PL
         return None if ok else "must be a number from 0 to 1"
     if kind == "canary_steps":
         return _canary_steps(value)
+    if kind == "retry_on":
+        return _retry_on(value)
+    if kind == "int":
+        return None if _is_int(value) else "must be an integer"
+    if kind == "lock_ttl":
+        ok = _is_int(value) and 10 <= value <= 86400
+        return None if ok else "must be whole seconds from 10 to 86400 (Consul's session TTL bounds)"
+    if kind == "pool_mapping":
+        if not isinstance(value, dict):
+            return "must be a mapping of names to settings"
+        bad = [k for k in value if not isinstance(k, str) or not _SERVICE_NAME.match(k)]
+        return f"has bad names {bad}: lower-case letters, digits or '-'" if bad else None
+    if kind == "network_name":
+        ok = value == "" or (isinstance(value, str) and _DNS_NAME.match(value))
+        return None if ok else "must be a Docker network name (empty: the pool's name)"
+    if kind == "image_name":
+        ok = isinstance(value, str) and re.fullmatch(r"[a-z0-9][a-z0-9._/-]*", value)
+        return None if ok else "must be an image repository such as cabify-app"
     if kind == "consul_install_method":
         return None if value in ("apt", "url") else "must be 'apt' or 'url'"
     raise ValueError(f"unknown rule kind {kind!r}")
@@ -291,7 +342,44 @@ def problems(formula: str, data: dict) -> list[str]:
         reason = _problem(kind, value)
         if reason:
             found.append(f"{formula}:{path}: {reason} (got {value!r})")
+    found.extend(_member_problems(formula, data))
     found.extend(_cross_checks(formula, data))
+    return found
+
+
+def _merged(base: Any, over: Any) -> Any:
+    """OVER merged recursively over BASE (mappings merge, anything else replaces)."""
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return over
+    return {**base, **{k: _merged(base.get(k), v) for k, v in over.items()}}
+
+
+def _member_problems(formula: str, data: dict) -> list[str]:
+    """The rules of MEMBER_RULES on the defaults member and on each named member."""
+    if formula not in MEMBERS:
+        return []
+    single, plural = MEMBERS[formula]
+    base = _lookup(data, single)
+    members = {single: base}
+    named = _lookup(data, plural)
+    if isinstance(named, dict):
+        # Each named member as the formula's map.jinja sees it: over the defaults member.
+        for name, member in named.items():
+            if member is not None:
+                members[f"{plural}:{name}"] = _merged(base, member)
+    found = []
+    for prefix, member in members.items():
+        if not isinstance(member, dict):
+            continue
+        for path, (kind, required) in MEMBER_RULES[formula].items():
+            value = _lookup(member, path)
+            if value is _MISSING or value is None:
+                if required and prefix != single:
+                    found.append(f"{formula}:{prefix}:{path}: is required")
+                continue
+            reason = _problem(kind, value)
+            if reason:
+                found.append(f"{formula}:{prefix}:{path}: {reason} (got {value!r})")
     return found
 
 
@@ -307,10 +395,13 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
             found.append(
                 "consul:config:bootstrap_expect: only a server can set it (consul:config:server is false)"
             )
-    if formula == "haproxy":
-        ports = {_lookup(data, "frontend:port"), _lookup(data, "stats:port")}
-        if len(ports) == 1 and _lookup(data, "frontend:bind") == _lookup(data, "stats:bind"):
-            found.append("haproxy:stats:port: must differ from haproxy:frontend:port on the same address")
+    if formula == "haproxy" and isinstance(_lookup(data, "backends"), dict):
+        seen = {_lookup(data, "stats:port"): "haproxy:stats:port"}
+        for name, backend in sorted(data["backends"].items()):
+            port = _lookup(backend, "port") if isinstance(backend, dict) else None
+            if port in seen and _is_int(port):
+                found.append(f"haproxy:backends:{name}:port: {port} is taken by {seen[port]}")
+            seen.setdefault(port, f"haproxy:backends:{name}:port")
     return found
 
 

@@ -1,20 +1,25 @@
 """
-Read the Cabify App's release record from Consul, on the master.
+The pools' releases as Consul records them, read on the master; and an operator's
+promote or abort of a running canary.
 
 .. code-block:: bash
 
-    salt-run cabify.status --out=json
-    salt-run cabify.history limit=5 --out=json
-    salt-run cabify.promote     # a running canary: promote now
-    salt-run cabify.abort       # a running canary: abort now
+    salt-run cabify.status --out=json          # every pool
+    salt-run cabify.status shop --out=json
+    salt-run cabify.history cabify limit=5 --out=json
+    salt-run cabify.promote                    # the running canary (name the pool if several run)
+    salt-run cabify.abort shop
+
+Consul is reached at ``cabify_consul_host``/``cabify_consul_port`` of the master's
+configuration (default 127.0.0.1:8500), with ``cabify_consul_token`` when ACLs are on.
 """
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 try:
-    import consul
+    import consul  # noqa: F401 - checked by __virtual__; the client comes from cabify_kv
 
     HAS_CONSUL = True
 except ImportError:
@@ -29,106 +34,152 @@ def __virtual__():
     return __virtualname__
 
 
-def _consul():
-    return consul.Consul(host=__opts__.get("cabify_consul_host", "127.0.0.1"), port=8500)
+def _kv(func: str, *args) -> Any:
+    return __utils__[f"cabify_kv.{func}"](*args)
 
 
-def history(pool: str = "cabify", limit: int = 20) -> list[dict]:
+def _client():
+    return _kv(
+        "client",
+        __opts__.get("cabify_consul_host", "127.0.0.1"),
+        __opts__.get("cabify_consul_port", 8500),
+        __opts__.get("cabify_consul_token"),
+    )
+
+
+def _get(client, key: str) -> Any:
+    _, entry = client.kv.get(key)
+    return _kv("decode", entry.get("Value")) if entry else None
+
+
+def _holder(client, pool: str) -> dict | None:
+    _, lock = client.kv.get(_kv("lock", pool))
+    if not lock or not lock.get("Session"):
+        return None
+    value = _kv("decode", lock.get("Value"))
+    return value if isinstance(value, dict) else {}
+
+
+def _pools(client) -> list[str]:
+    """Every pool Consul has a record of: a history, a lock, a canary or a service."""
+    _, keys = client.kv.get(_kv("root") + "/", keys=True)
+    found = set()
+    for key in keys or []:
+        for kind in ("history", "locks", "canary", "weights", "desired"):
+            pool = _kv("pool_of", key, kind)
+            if pool:
+                found.add(pool)
+    return sorted(found)
+
+
+def history(pool: str, limit: int = 20) -> list[dict]:
     """
-    The last LIMIT releases of POOL, newest first.
+    The last LIMIT releases of POOL, newest first. A release whose process died
+    without an end record (its lock expired) shows as ``interrupted``.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run cabify.history --out=json
+        salt-run cabify.history cabify --out=json
     """
-    client = _consul()
-    _, entries = client.kv.get(f"cabify/history/{pool}/", recurse=True)
-    releases = [json.loads(e["Value"]) for e in entries or [] if e.get("Value")]
+    client = _client()
+    _, entries = client.kv.get(_kv("history", pool), recurse=True)
+    releases = [r for r in (_kv("decode", e.get("Value")) for e in entries or []) if isinstance(r, dict)]
     holder = _holder(client, pool) or {}
     for release in releases:
-        # A release whose process died never wrote its end: its lock expired.
         if release.get("result") == "running" and release["id"] != holder.get("id"):
             release.update(result="interrupted", reason="its process ended without an end record")
     return sorted(releases, key=lambda r: r["id"], reverse=True)[: int(limit)]
 
 
-def _holder(client, pool: str) -> dict | None:
-    _, lock = client.kv.get(f"cabify/locks/{pool}")
-    return json.loads(lock["Value"]) if lock and lock.get("Session") and lock.get("Value") else None
-
-
-def status(pool: str = "cabify") -> dict:
+def status(pool: str | None = None) -> dict:
     """
-    POOL now: the running release (lock holder) if any, the last release, and the
-    instances registered in Consul by version and health.
+    POOL now (every pool without it): the running release (lock holder) if any, the
+    last release, the instances registered in Consul by version and health, the
+    canary's live state and the weights in force.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run cabify.status --out=json
+        salt-run cabify.status shop --out=json
     """
-    client = _consul()
-    running = _holder(client, pool)
+    client = _client()
+    if pool is None:
+        return {name: status(name) for name in _pools(client)}
     _, nodes = client.health.service(pool)
     instances: dict[str, dict[str, int]] = {}
     for node in nodes:
-        version = node["Service"].get("Meta", {}).get("version", "?")
+        version = (node["Service"].get("Meta") or {}).get("version", "?")
         states = [c["Status"] for c in node["Checks"] if c.get("ServiceID")]
         health = "passing" if states and all(s == "passing" for s in states) else "not passing"
         instances.setdefault(version, {}).setdefault(health, 0)
         instances[version][health] += 1
     last = history(pool, limit=1)
-    _, canary = client.kv.get(f"cabify/canary/{pool}/state")
     return {
         "pool": pool,
-        "release_running": running,
+        "release_running": _holder(client, pool),
         "last_release": last[0] if last else None,
         "instances": instances,
-        # The last canary: phase, step, weight and the live figures of both roles.
-        "canary": json.loads(canary["Value"]) if canary and canary.get("Value") else None,
+        "canary": _get(client, _kv("canary_state", pool)),
+        "weights": _get(client, _kv("weights", pool)),
     }
 
 
-def _command(pool: str, command: str) -> dict:
-    client = _consul()
-    running = _holder(client, pool)
-    if not running or running.get("strategy") != "canary":
-        return {"pool": pool, "result": False, "comment": f"no canary release of pool {pool} is running"}
-    client.kv.put(f"cabify/canary/{pool}/command", json.dumps(command))
+def _command(pool: str | None, command: str) -> dict:
+    client = _client()
+    canaries = {
+        name: holder
+        for name in ([pool] if pool else _pools(client))
+        if (holder := _holder(client, name)) and holder.get("strategy") == "canary"
+    }
+    if not canaries:
+        where = f"pool {pool}" if pool else "any pool"
+        return {"pool": pool, "result": False, "comment": f"no canary release of {where} is running"}
+    if len(canaries) > 1:
+        return {
+            "pool": None,
+            "result": False,
+            "comment": f"canaries of several pools run ({', '.join(sorted(canaries))}): name the pool",
+        }
+    ((name, holder),) = canaries.items()
+    client.kv.put(_kv("canary_command", name), _kv("encode", command))
     return {
-        "pool": pool,
+        "pool": name,
         "result": True,
-        "release": running["id"],
-        "comment": f"{command} sent to {running['id']}",
+        "release": holder.get("id"),
+        "comment": f"{command} sent to {holder.get('id')}",
     }
 
 
-def promote(pool: str = "cabify") -> dict:
+def promote(pool: str | None = None) -> dict:
     """
-    Promote POOL's running canary now: the steps left are skipped and the new version
-    is rolled out to the whole pool.
+    Promote the running canary of POOL (the only one running, without POOL) now: the
+    steps left are skipped and the new version is rolled out to the whole pool.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run cabify.promote
+        salt-run cabify.promote shop
     """
     return _command(pool, "promote")
 
 
-def abort(pool: str = "cabify") -> dict:
+def abort(pool: str | None = None) -> dict:
     """
-    Abort POOL's running canary now: its share goes to 0, its replicas are drained and
-    removed; the stable pool keeps serving.
+    Abort the running canary of POOL (the only one running, without POOL) now: its
+    share goes to nothing, its replicas are drained and removed; the stable replicas
+    keep serving.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run cabify.abort
+        salt-run cabify.abort shop
     """
     return _command(pool, "abort")

@@ -20,8 +20,8 @@ __virtualname__ = "cabify_image"
 
 
 def __virtual__():
-    if "cabify.build_image" not in __salt__:
-        return (False, "cabify_image: the cabify execution module is not loaded (docker, py-consul?)")
+    if "cabify_docker.build_image" not in __salt__:
+        return (False, "cabify_image: the cabify_docker module is not loaded (docker library?)")
     return __virtualname__
 
 
@@ -34,20 +34,21 @@ def built(
     base_suite: str = "bookworm",
 ) -> dict:
     """
-    ``cabify-app:VERSION`` exists and was built from SOURCE_DIR on BASE_IMAGE. With
+    The app image of VERSION (``<cabify:image:repository>:VERSION``) exists and was
+    built from SOURCE_DIR on BASE_IMAGE. With
     BASE_MIRROR, a missing BASE_IMAGE is built with debootstrap; without it, a missing
     base image is an error.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    tag = f"cabify-app:{version}"
+    tag = f"{__salt__['cabify_docker.repository']()}:{version}"
     try:
-        need_base = not __salt__["cabify.image_exists"](base_image)
+        need_base = not __salt__["cabify_docker.image_exists"](base_image)
         if need_base and not base_mirror:
             raise CommandExecutionError(
                 f"base image {base_image!r} is not on this host and no registry is used "
                 "(pillar cabify:image:base: name a local image, or leave it to the built one)"
             )
-        need_app = need_base or not __salt__["cabify.image_current"](version, source_dir, base_image)
+        need_app = need_base or not __salt__["cabify_docker.image_current"](version, source_dir, base_image)
         if not need_app:
             ret["comment"] = f"{tag} is up to date"
             return ret
@@ -56,8 +57,8 @@ def built(
             ret.update(result=None, changes=changes, comment=f"Would build {tag}")
             return ret
         if need_base:
-            __salt__["cabify.build_base_image"](base_image, base_mirror, base_suite)
-        __salt__["cabify.build_image"](version, source_dir, base_image)
+            __salt__["cabify_docker.build_base_image"](base_image, base_mirror, base_suite)
+        __salt__["cabify_docker.build_image"](version, source_dir, base_image)
     except CommandExecutionError as err:
         ret.update(result=False, comment=str(err))
         return ret

@@ -1,31 +1,38 @@
 """
-Converge the Cabify App's replica pool on this host.
+A pool of the Cabify App on this host, converged: its replicas, registrations and,
+when what runs differs from what is asked, a release.
 
 .. code-block:: yaml
 
-    cabify-pool-converged:
+    cabify-pool-shop-converged:
       cabify_pool.converged:
-        - name: cabify
+        - name: shop
         - version: "2"
         - replicas: 3
         - env: {}
         - resources: {memory: 128m, cpus: 0.5}
+        - drain_timeout: 5
+        - release: {strategy: rolling, max_parallel: 1}
 
-The plan (replicas kept, started, removed) is computed first; ``test=True`` reports it
-and changes nothing. A real run starts new replicas before it drains old ones, so the
-pool never serves with fewer than it had.
+What must change is computed first; ``test=True`` reports it (the batches of a
+release, the shares a canary's steps will give) and changes nothing. A real run starts
+new replicas before it drains old ones, so the pool never serves with fewer than it had.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "cabify_pool"
 
+RELEASE_KEYS = ("max_parallel", "min_healthy_time", "healthy_deadline", "auto_revert", "lock_ttl")
+
 
 def __virtual__():
-    if "cabify.plan" not in __salt__:
-        return (False, "cabify_pool: the cabify execution module is not loaded (docker, py-consul?)")
+    if "cabify_pool.plan" not in __salt__ or "cabify_release.rolling" not in __salt__:
+        return (False, "cabify_pool state: the cabify_pool and cabify_release modules are not loaded")
     return __virtualname__
 
 
@@ -35,158 +42,177 @@ def converged(
     replicas: int = 3,
     env: dict | None = None,
     resources: dict | None = None,
-    network: str = "cabify",
+    network: str | None = None,
     healthy_timeout: float = 60,
-    drain_timeout: float = 10,
+    drain_timeout: float = 5,
     release: dict | None = None,
     canary: dict | None = None,
 ) -> dict:
     """
     Exactly REPLICAS healthy replicas of VERSION (with ENV and RESOURCES) run in pool
-    NAME, each registered in Consul; stale registrations are removed.
+    NAME on NETWORK (default: the pool's name), each registered in Consul; stale
+    registrations are removed, and what a release that died left behind is recovered
+    first. DRAIN_TIMEOUT caps how long a replica may take to finish its requests when
+    it leaves (the app exits as soon as it is idle).
 
-    When running replicas differ from what is asked (another version, env or
-    resources), that is a release, done with RELEASE's strategy (``rolling``: batches of
-    ``max_parallel``, each healthy for ``min_healthy_time`` before old ones are drained,
-    within ``healthy_deadline``, reverted on failure when ``auto_revert``; ``canary``: a
-    few replicas get CANARY's ``steps`` of traffic under analysis, then promotion or
-    abort, see ``cabify_canary.run``).
+    When running replicas differ from what is asked (another version, env, resources or
+    drain_timeout), that is a release, done with RELEASE's ``strategy``: ``rolling``
+    (batches of ``max_parallel``, each healthy for ``min_healthy_time`` before old ones
+    are drained, within ``healthy_deadline``, reverted on failure when ``auto_revert``)
+    or ``canary`` (CANARY's ``replicas`` get its ``steps`` of traffic under analysis,
+    then promotion or abort; see ``cabify_release.canary``).
     """
-    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    ret: dict[str, Any] = {"name": name, "changes": {}, "result": True, "comment": ""}
+    pool = {
+        "version": str(version),
+        "replicas": int(replicas),
+        "env": env or {},
+        "resources": resources or {},
+        "network": network or name,
+        "drain_timeout": float(drain_timeout),
+    }
     release = {"strategy": "rolling", **(release or {})}
     try:
-        wanted = __salt__["cabify.spec_hash"](version, env, resources)
-        running = [r for r in __salt__["cabify.replicas"](name) if r["status"] == "running"]
-        if any(r["spec"] != wanted for r in running):
-            release["canary"] = canary or {}
-            return _release(ret, name, version, replicas, env, resources, network, drain_timeout, release)
-        todo = __salt__["cabify.plan"](version, replicas, env, resources, pool=name)
-        missing = {}
-        if not todo["start"] and not todo["remove"]:
-            running = {r["name"] for r in __salt__["cabify.replicas"](name) if r["status"] == "running"}
-            registered = set(__salt__["cabify.registrations"]())
-            missing = {"register": sorted(running - registered), "deregister": sorted(registered - running)}
-            if not missing["register"] and not missing["deregister"]:
-                ret["comment"] = f"{replicas} replica(s) of version {version} running and registered"
-                return ret
-        would = {"start": todo["start"], "remove": todo["remove"], **{k: v for k, v in missing.items() if v}}
-        if __opts__["test"]:
-            ret["result"] = None
-            ret["changes"] = would
-            ret["comment"] = (
-                f"Would start {todo['start']} and remove {len(todo['remove'])} replica(s) "
-                f"to run {replicas} of version {version}"
-            )
-            return ret
-        done = __salt__["cabify.converge"](
-            version,
-            replicas,
-            env,
-            resources,
-            pool=name,
-            network=network,
-            healthy_timeout=healthy_timeout,
-            drain_timeout=drain_timeout,
-        )
+        if release["strategy"] not in ("rolling", "canary"):
+            raise CommandExecutionError(f"release strategy {release['strategy']!r} is not supported")
+        notes = _recover(ret, name)
+        whole_env = __salt__["cabify_pool.replica_env"](pool["env"], pool["drain_timeout"])
+        wanted = __utils__["cabify_plan.spec_hash"](pool["version"], whole_env, pool["resources"])
+        running = __salt__["cabify_pool.running"](name)
+        if pool["replicas"] > 0 and any(r["spec"] != wanted for r in running if r["role"] == "stable"):
+            settings = {**pool, **{k: release[k] for k in RELEASE_KEYS if k in release}}
+            if release["strategy"] == "canary":
+                return _canary(ret, name, settings, canary or {}, notes)
+            return _rolling(ret, name, settings, notes)
+        return _scale(ret, name, pool, whole_env, healthy_timeout, notes)
     except CommandExecutionError as err:
-        ret["result"] = False
-        ret["comment"] = f"pool {name} unchanged where it failed; old replicas keep serving: {err}"
+        ret.update(result=False, changes={}, comment=f"pool {name}: {err}")
         return ret
-    ret["changes"] = {k: v for k, v in done.items() if v and (not isinstance(v, dict) or any(v.values()))}
-    ret["comment"] = f"{replicas} replica(s) of version {version} running and registered"
-    return ret
 
 
-def _release(ret, pool, version, replicas, env, resources, network, drain_timeout, release) -> dict:
-    settings = {
-        "max_parallel": int(release.get("max_parallel", 1)),
-        "min_healthy_time": float(release.get("min_healthy_time", 3)),
-        "healthy_deadline": float(release.get("healthy_deadline", 60)),
-        "auto_revert": bool(release.get("auto_revert", True)),
-    }
-    if release["strategy"] not in ("rolling", "canary"):
-        ret.update(result=False, comment=f"release strategy {release['strategy']!r} is not supported")
-        return ret
-    # A canary's promotion rolls the stable replicas only; a rolling release, all of them.
-    role = "stable" if release["strategy"] == "canary" else None
-    steps = __salt__["cabify.rolling_plan"](
-        version, replicas, env, resources, settings["max_parallel"], pool, role
-    )
-    if release["strategy"] == "canary":
-        return _canary(
-            ret, pool, version, replicas, env, resources, network, drain_timeout, settings, release, steps
-        )
+def _recover(ret: dict, name: str) -> list[str]:
+    """Finish what a release that died left behind (nothing under test=True but the
+    report); the notes go into the comment."""
+    if not __salt__["cabify_release.needs_recovery"](name):
+        return []
     if __opts__["test"]:
-        ret.update(
-            result=None,
-            changes={"release": {"strategy": "rolling", "to": version, **steps}},
-            comment=f"Would roll pool {pool} to version {version} in {len(steps['batches'])} batch(es)",
-        )
-        return ret
-    return _carry_out(
-        ret,
-        "cabify_release.rolling",
-        version,
-        f"pool {pool} rolled to version {version}",
-        pool=pool,
-        replicas=replicas,
-        env=env,
-        resources=resources,
-        network=network,
-        drain_timeout=drain_timeout,
-        **settings,
-    )
+        ret["changes"]["recover"] = "what a release that died left behind (canaries, weights, its record)"
+        return [f"Would recover pool {name} after a release that died"]
+    done = __salt__["cabify_release.recover"](name)
+    if done and "skipped" not in done:
+        ret["changes"]["recovered"] = done
+        return [f"recovered pool {name} after a release that died: {done}"]
+    return []
 
 
-def _carry_out(ret: dict, function: str, version: str, success: str, **kwargs) -> dict:
-    """Run the release FUNCTION; its error becomes the state's failure."""
-    try:
-        done = __salt__[function](version, **kwargs)
-    except CommandExecutionError as err:
-        ret.update(result=False, comment=str(err))
-        return ret
-    ret["changes"] = {"release": done["id"], **done["replicas"]}
-    ret["comment"] = f"{success} (release {done['id']})"
+def _comment(ret: dict, notes: list[str], text: str) -> dict:
+    ret["comment"] = "; ".join([*notes, text])
     return ret
 
 
-def _canary(
-    ret, pool, version, replicas, env, resources, network, drain_timeout, settings, release, steps
+def _scale(
+    ret: dict, name: str, pool: dict, whole_env: dict, healthy_timeout: float, notes: list[str]
 ) -> dict:
-    canary = release["canary"]
+    todo = __salt__["cabify_pool.plan"](name, pool["version"], pool["replicas"], whole_env, pool["resources"])
+    missing: dict[str, list[str]] = {}
+    if not todo["start"] and not todo["remove"]:
+        live = {r["name"] for r in __salt__["cabify_pool.running"](name)}
+        registered = {
+            sid for sid, reg in __salt__["cabify_consul.registrations"](name).items() if reg["pool"] == name
+        }
+        missing = {
+            k: v
+            for k, v in (("register", sorted(live - registered)), ("deregister", sorted(registered - live)))
+            if v
+        }
+        if not missing:
+            if ret["changes"]:
+                ret["result"] = None if __opts__["test"] else True
+            return _comment(
+                ret,
+                notes,
+                f"{pool['replicas']} replica(s) of version {pool['version']} running and registered",
+            )
+    would = {"start": todo["start"], "remove": todo["remove"], **missing}
     if __opts__["test"]:
-        ret.update(
-            result=None,
-            changes={
-                "release": {
-                    "strategy": "canary",
-                    "to": version,
-                    "canary_replicas": canary.get("replicas", 1),
-                    "steps": canary.get("steps"),
-                    "analysis": canary.get("analysis"),
-                    "auto_promote": canary.get("auto_promote", True),
-                    "promotion": steps,
-                }
-            },
-            comment=(
-                f"Would start {canary.get('replicas', 1)} canary replica(s) of version {version} in pool "
-                f"{pool}, step through {len(canary.get('steps') or [])} weight(s), then promote in "
-                f"{len(steps['batches'])} batch(es) or abort"
-            ),
+        ret.update(result=None)
+        ret["changes"].update(would)
+        return _comment(
+            ret,
+            notes,
+            f"Would start {todo['start']} and remove {len(todo['remove'])} replica(s) to run "
+            f"{pool['replicas']} of version {pool['version']}",
         )
-        return ret
-    settings = {k: v for k, v in settings.items() if k != "auto_revert"}
-    return _carry_out(
+    done = __salt__["cabify_pool.converge"](
+        name,
+        pool["version"],
+        pool["replicas"],
+        whole_env,
+        pool["resources"],
+        network=pool["network"],
+        healthy_timeout=healthy_timeout,
+        drain_timeout=pool["drain_timeout"],
+    )
+    ret["changes"].update(
+        {k: v for k, v in done.items() if v and (not isinstance(v, dict) or any(v.values()))}
+    )
+    return _comment(
+        ret, notes, f"{pool['replicas']} replica(s) of version {pool['version']} running and registered"
+    )
+
+
+def _rolling(ret: dict, name: str, settings: dict, notes: list[str]) -> dict:
+    whole_env = __salt__["cabify_pool.replica_env"](settings["env"], settings["drain_timeout"])
+    wanted = __utils__["cabify_plan.spec_hash"](settings["version"], whole_env, settings["resources"])
+    steps = __utils__["cabify_plan.rolling_plan"](
+        __salt__["cabify_docker.replicas"](name),
+        wanted,
+        settings["replicas"],
+        settings.get("max_parallel", 1),
+    )
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"]["release"] = {"strategy": "rolling", "to": settings["version"], **steps}
+        return _comment(
+            ret,
+            notes,
+            f"Would roll pool {name} to version {settings['version']} in {len(steps['batches'])} batch(es)",
+        )
+    done = __salt__["cabify_release.rolling"](name, **settings)
+    ret["changes"].update({"release": done["id"], **done["replicas"]})
+    return _comment(ret, notes, f"pool {name} rolled to version {settings['version']} (release {done['id']})")
+
+
+def _canary(ret: dict, name: str, settings: dict, canary: dict, notes: list[str]) -> dict:
+    stable = settings["replicas"]
+    shares = __salt__["cabify_release.shares"](canary, stable)
+    count = __salt__["cabify_release.check_canary"](canary)["replicas"]
+    unreachable = [
+        f"step {n}: {s['asked']:g}% asked, {s['given']:g}% given "
+        f"with {stable} stable + {count} canary replica(s)"
+        for n, s in enumerate(shares, start=1)
+        if abs(s["asked"] - s["given"]) >= 0.05
+    ]
+    given = ", ".join(f"{s['given']:g}%" for s in shares)
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"]["release"] = {
+            "strategy": "canary",
+            "to": settings["version"],
+            "canary_replicas": count,
+            "steps": shares,
+            "auto_promote": canary.get("auto_promote", True),
+        }
+        return _comment(
+            ret,
+            notes + unreachable,
+            f"Would start {count} canary replica(s) of version {settings['version']} in pool {name}, step "
+            f"through {len(shares)} share(s) ({given}), then promote or abort",
+        )
+    done = __salt__["cabify_release.canary"](name, canary=canary, **settings)
+    ret["changes"].update({"release": done["id"], **done["replicas"]})
+    return _comment(
         ret,
-        "cabify_release.canary",
-        version,
-        f"canary of version {version} promoted in pool {pool}",
-        pool=pool,
-        replicas=replicas,
-        env=env,
-        resources=resources,
-        network=network,
-        drain_timeout=drain_timeout,
-        canary=canary,
-        **settings,
+        notes + unreachable,
+        f"canary of version {settings['version']} promoted in pool {name} (release {done['id']})",
     )

@@ -1,21 +1,32 @@
-"""Small helpers shared by the tests: polling with a deadline, and the real services' APIs."""
+"""Small helpers shared by the tests: polling with a deadline, and the real services'
+APIs (dockerd, Consul, HAProxy), read per pool."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import docker
+
 CONSUL = "http://127.0.0.1:8500"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
-FRONTEND = "http://127.0.0.1:80"
 STATS = "http://127.0.0.1:8404"
+# The pools of pillar/stack.sls and their HAProxy frontends.
+PORTS = {"cabify": 80, "shop": 8081}
+FRONTEND = f"http://127.0.0.1:{PORTS['cabify']}"
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+def frontend(pool: str) -> str:
+    return f"http://127.0.0.1:{PORTS[pool]}"
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll CHECK until it returns something truthy; fail saying WHAT was awaited."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -47,6 +58,24 @@ def consul(method: str, path: str, body: Any = None) -> Any:
     return json.loads(raw) if raw.strip() else None
 
 
+def kv_get(key: str) -> Any:
+    """A KV value as this project writes them (JSON), or None."""
+    status, raw = http("GET", f"{CONSUL}/v1/kv/{key}?raw=true")
+    if status == 404 or not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode().strip()
+
+
+def kv_tree(prefix: str) -> dict[str, Any]:
+    status, raw = http("GET", f"{CONSUL}/v1/kv/{prefix}?recurse=true")
+    if status == 404:
+        return {}
+    return {e["Key"]: json.loads(base64.b64decode(e["Value"])) for e in json.loads(raw) if e.get("Value")}
+
+
 def haproxy(command: str) -> str:
     """One command on HAProxy's runtime API."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -72,8 +101,64 @@ def haproxy_servers(backend: str = "cabify") -> list[dict[str, str]]:
 
 
 def failed_states(ret_data: dict | None) -> dict[str, str]:
-    return {k: v["comment"] for k, v in (ret_data or {}).items() if v["result"] is False}
+    if not isinstance(ret_data, dict):
+        return {"(no state data)": str(ret_data)}
+    return {k: v["comment"] for k, v in ret_data.items() if isinstance(v, dict) and v.get("result") is False}
 
 
 def changed_states(ret_data: dict | None) -> dict[str, Any]:
     return {k: v["changes"] for k, v in (ret_data or {}).items() if v["changes"]}
+
+
+def pool_state(ret_data: dict, pool: str = "cabify") -> dict:
+    """The return of the pool's converged state in a state.apply."""
+    return next(v for k, v in ret_data.items() if f"pool-{pool}-converged" in k)
+
+
+# --- a pool, as the real services see it ---------------------------------------------------
+
+
+def containers(pool: str = "cabify", all: bool = False) -> list:
+    return docker.from_env().containers.list(all=all, filters={"label": f"cabify.pool={pool}"})
+
+
+def running_replicas(pool: str = "cabify") -> dict[str, str]:
+    """name -> address of the pool's running containers, straight from dockerd."""
+    return {
+        c.name: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
+        for c in containers(pool)
+    }
+
+
+def versions_running(pool: str = "cabify") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for container in containers(pool):
+        version = container.labels["cabify.version"]
+        counts[version] = counts.get(version, 0) + 1
+    return counts
+
+
+def registered(pool: str = "cabify") -> dict[str, str]:
+    """The pool's own instances in Consul (meta pool), by ID -> address."""
+    services = consul("GET", "/v1/agent/services")
+    return {sid: s["Address"] for sid, s in services.items() if (s.get("Meta") or {}).get("pool") == pool}
+
+
+def haproxy_up_addresses(pool: str = "cabify") -> set[str]:
+    return {s["addr"].rsplit(":", 1)[0] for s in haproxy_servers(pool) if s["status"] == "UP"}
+
+
+def pool_settled(count: int, pool: str = "cabify") -> bool:
+    """COUNT replicas run, each registered and UP in HAProxy, and no other server there."""
+    running = running_replicas(pool)
+    return (
+        len(running) == count
+        and registered(pool) == running
+        and haproxy_up_addresses(pool) == set(running.values())
+        and all(s["status"] in ("UP", "MAINT") or not s["addr"] for s in haproxy_servers(pool))
+    )
+
+
+def last_release(pool: str = "cabify") -> dict:
+    records = kv_tree(f"cabify/history/{pool}/")
+    return max(records.values(), key=lambda r: r["id"]) if records else {}

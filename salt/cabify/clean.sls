@@ -1,10 +1,14 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as cabify with context %}
 
-{#- Zero replicas: each is drained from HAProxy and Consul before it stops. #}
-cabify-clean-pool-empty:
+{#- Zero replicas in every pool: each is drained from HAProxy and Consul before it stops. #}
+{%- for name, pool in cabify.pools | dictsort %}
+
+cabify-clean-pool-{{ name }}-empty:
   cabify_pool.converged:
-    - name: cabify
-    - version: {{ cabify.version | string | json }}
+    - name: {{ name }}
+    - version: {{ pool.version | string | json }}
     - replicas: 0
-    - drain_timeout: {{ cabify.drain_timeout }}
+    - network: {{ pool.network }}
+    - drain_timeout: {{ pool.drain_timeout }}
+{%- endfor %}

@@ -12,8 +12,6 @@ cabify-install-debootstrap-installed:
     - name: debootstrap
     - require:
       - stack_pillar: {{ tplroot }}-pillar-valid
-    - require_in:
-      - cabify_image: cabify-install-image-built
 {%- endif %}
 
 cabify-install-sources-managed:
@@ -25,14 +23,21 @@ cabify-install-sources-managed:
     - require:
       - stack_pillar: {{ tplroot }}-pillar-valid
 
-cabify-install-image-built:
+{#- One image per version that a pool runs. #}
+{%- for version in cabify.pools.values() | map(attribute="version") | map("string") | unique | sort %}
+
+cabify-install-image-{{ version }}-built:
   cabify_image.built:
-    - version: {{ cabify.version | string | json }}
+    - version: {{ version | json }}
     - source_dir: {{ image.source_dir }}
     - base_image: {{ image.base }}
-{%- if image.build_base %}
+{%-   if image.build_base %}
     - base_mirror: {{ salt["apt_source.debian_mirror"]() }}
     - base_suite: {{ image.suite }}
-{%- endif %}
+{%-   endif %}
     - require:
       - file: cabify-install-sources-managed
+{%-   if image.build_base %}
+      - pkg: cabify-install-debootstrap-installed
+{%-   endif %}
+{%- endfor %}

@@ -4,17 +4,20 @@
 include:
   - {{ tplroot }}.install
 
-cabify-service-pool-converged:
+{%- for name, pool in cabify.pools | dictsort %}
+
+cabify-service-pool-{{ name }}-converged:
   cabify_pool.converged:
-    - name: cabify
-    - version: {{ cabify.version | string | json }}
-    - replicas: {{ cabify.replicas }}
-    - env: {{ cabify.env | json }}
-    - resources: {{ cabify.resources | json }}
-    - network: {{ cabify.network }}
-    - healthy_timeout: {{ cabify.healthy_timeout }}
-    - drain_timeout: {{ cabify.drain_timeout }}
-    - release: {{ cabify.release | json }}
-    - canary: {{ cabify.canary | json }}
+    - name: {{ name }}
+    - version: {{ pool.version | string | json }}
+    - replicas: {{ pool.replicas }}
+    - env: {{ pool.env | json }}
+    - resources: {{ pool.resources | json }}
+    - network: {{ pool.network }}
+    - healthy_timeout: {{ pool.healthy_timeout }}
+    - drain_timeout: {{ pool.drain_timeout }}
+    - release: {{ pool.release | json }}
+    - canary: {{ pool.canary | json }}
     - require:
-      - cabify_image: cabify-install-image-built
+      - cabify_image: cabify-install-image-{{ pool.version }}-built
+{%- endfor %}

@@ -1,16 +1,7 @@
-{#- A canary release across every minion that runs the pool, one host after another:
-      salt-run state.orchestrate orch.canary pillar='{"cabify": {"version": "2"} }'
-    Each host runs the cabify formula with release:strategy canary; an aborted canary
-    fails its host and stops the orchestration. -#}
-{%- set cabify = salt["pillar.get"]("cabify", {}) %}
-{%- set target = salt["pillar.get"]("release:target", "*") %}
-{%- set release = salt["slsutil.merge"](cabify, { "release": { "strategy": "canary" } }) %}
-
-cabify-orch-canary-hosts:
-  salt.state:
-    - tgt: {{ target | json }}
-    - sls: cabify
-    - batch: 1
-    - failhard: true
-    - pillar:
-        cabify: {{ release | json }}
+{#- A canary release of one pool across every minion that runs it, one host after
+    another; an aborted canary fails its host and stops the orchestration:
+      salt-run state.orchestrate orch.canary pillar='{"release": {"pool": "cabify", "version": "2"}}'
+    release:canary overrides the pool's canary settings (replicas, steps, analysis,
+    auto_promote); the rest as in orch.rolling. -#}
+{%- from "orch/release.jinja" import release_state with context %}
+{{ release_state("canary") }}

@@ -1,5 +1,6 @@
-{#- A replica of the pool started, died or stays critical (cabify_docker beacon):
-    hand off to the heal orchestration for the minion that saw it. -#}
+{#- A replica of a pool started, died or stays critical, or a release that died left
+    something behind (cabify_docker beacon): hand off to the heal orchestration for the
+    minion that saw it. -#}
 cabify-reactor-heal-orchestrated:
   runner.state.orchestrate:
     - args:

@@ -1,15 +1,20 @@
-"""Fixtures of the integration tests: stand-in replicas registered in the real Consul."""
+"""Fixtures of the integration tests: stand-in replicas registered in the real Consul,
+pools converged to a known state, failpoints armed for one test."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
+import pathlib
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import consul, haproxy_servers, wait_for
+from tests.helpers import consul, failed_states, haproxy_servers, pool_settled, versions_running, wait_for
+
+FAILPOINTS = pathlib.Path("/run/cabify/failpoints.json")
 
 
 class _Replica(http.server.BaseHTTPRequestHandler):
@@ -75,3 +80,56 @@ def stand_in_replica(highstate) -> Iterator[StandInReplica]:
     finally:
         replica.deregister()
         replica.stop()
+
+
+def converge_pool(
+    salt_call_cli,
+    pool: str = "cabify",
+    version: str = "1",
+    replicas: int = 3,
+    others: dict | None = None,
+    **settings,
+):
+    """The pool at REPLICAS stable replicas of VERSION (by state.apply), settled. The
+    other pools get what pillar/stack.sls says, or what OTHERS (pool -> settings) say."""
+    pillar = {
+        "cabify": {"pools": {**(others or {}), pool: {"version": version, "replicas": replicas, **settings}}}
+    }
+    ret = salt_call_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
+    assert ret.returncode == 0, failed_states(ret.data) or ret.stderr[-2000:]
+    wait_for(
+        lambda: (
+            pool_settled(replicas, pool)
+            and versions_running(pool) == ({version: replicas} if replicas else {})
+        ),
+        60,
+        f"{replicas} replicas of version {version} in pool {pool}, registered and UP",
+    )
+    return ret
+
+
+# Back to a known pool quickly: every replica replaced in one batch.
+QUICK_RELEASE = {"max_parallel": 3, "min_healthy_time": 0}
+
+
+@pytest.fixture
+def pool_of_three(salt_call_cli, highstate):
+    """Pool cabify at 3 replicas of version 1."""
+    converge_pool(salt_call_cli, release=QUICK_RELEASE)
+
+
+@pytest.fixture
+def failpoints() -> Iterator[callable]:
+    """Arm failpoints (see _utils/cabify_failpoints.py) for one test: call it with
+    {name: {"action": ..., "times": n}}; all are disarmed afterwards."""
+
+    def arm(points: dict) -> None:
+        FAILPOINTS.parent.mkdir(parents=True, exist_ok=True)
+        tmp = FAILPOINTS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(points))
+        os.replace(tmp, FAILPOINTS)
+
+    try:
+        yield arm
+    finally:
+        FAILPOINTS.unlink(missing_ok=True)

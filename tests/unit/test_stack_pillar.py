@@ -44,10 +44,32 @@ def test_pillar_example_is_valid_and_documents_every_default(formula):
 @pytest.mark.parametrize(
     ("formula", "path", "value", "expected"),
     [
-        ("haproxy", "frontend:port", "80x", "haproxy:frontend:port: must be an integer"),
-        ("haproxy", "frontend:port", 0, "haproxy:frontend:port: must be between 1 and 65535"),
-        ("haproxy", "frontend:port", True, "haproxy:frontend:port: must be an integer"),
-        ("haproxy", "backend:service", "Cabify App", "haproxy:backend:service: must be lower-case"),
+        ("haproxy", "backend:port", "80x", "haproxy:backend:port: must be an integer"),
+        ("haproxy", "backend:port", 0, "haproxy:backend:port: must be between 1 and 65535"),
+        ("haproxy", "backend:port", True, "haproxy:backend:port: must be an integer"),
+        (
+            "haproxy",
+            "backend:retry_on",
+            "all-errors",
+            "haproxy:backend:retry_on: has unknown retry-on keywords",
+        ),
+        (
+            "haproxy",
+            "backend:timeout_server",
+            "soon",
+            "haproxy:backend:timeout_server: must be an HAProxy time",
+        ),
+        ("haproxy", "backends", {"Cabify App": {}}, "haproxy:backends: has bad names"),
+        ("cabify", "pool:replicas", -1, "cabify:pool:replicas: must be at least 0"),
+        ("cabify", "pool:release:lock_ttl", 5, "cabify:pool:release:lock_ttl: must be whole seconds from 10"),
+        (
+            "cabify",
+            "pool:canary:steps",
+            [{"weight": 100, "pause": 1}],
+            "cabify:pool:canary:steps: step 1: weight must be a percentage above 0 and below 100",
+        ),
+        ("cabify", "pools", {"shop": {"replicas": "x"}}, "cabify:pools:shop:replicas: must be an integer"),
+        ("cabify", "pools", {"Shop!": {}}, "cabify:pools: has bad names"),
         ("haproxy", "defaults:extra", "option x", "haproxy:defaults:extra: must be a list"),
         ("haproxy", "resolvers:nameserver", "consul", "haproxy:resolvers:nameserver: must be an IP"),
         ("consul", "config:datacenter", "Madrid 1", "consul:config:datacenter: must be lower-case"),
@@ -85,11 +107,19 @@ def test_url_install_needs_url_and_sha256():
 
 def test_check_raises_with_every_problem():
     data = defaults("haproxy")
-    data["frontend"]["port"] = "x"
+    data["backend"]["port"] = "x"
     data["stats"]["port"] = 99999
     with pytest.raises(CommandExecutionError) as err:
         stack_pillar.check("haproxy", data)
-    assert "haproxy:frontend:port" in str(err.value) and "haproxy:stats:port" in str(err.value)
+    assert "haproxy:backend:port" in str(err.value) and "haproxy:stats:port" in str(err.value)
+
+
+def test_two_backends_cannot_share_a_port():
+    data = defaults("haproxy")
+    data["backends"] = {"cabify": {"port": 8404}, "shop": {"port": 80}, "web": {"port": 80}}
+    found = stack_pillar.problems("haproxy", data)
+    assert "haproxy:backends:cabify:port: 8404 is taken by haproxy:stats:port" in found
+    assert "haproxy:backends:web:port: 80 is taken by haproxy:backends:shop:port" in found
 
 
 def test_unknown_formula_is_an_error():

@@ -1,12 +1,14 @@
 """
 The Cabify App stand-in: a small stateless HTTP service, one replica per container.
 
-GET /        200 {"version", "instance", ...}    (500 with FAULT=http500)
-GET /health  200 while serving, 503 once draining (or always with FAULT=unhealthy)
+GET /            200 {"version", "instance", ...}    (500 with FAULT=http500)
+GET /health      200 while serving, 503 once draining (or always with FAULT=unhealthy)
+GET /sleep/<s>   200 after <s> seconds (at most 600): a slow request, for drain tests
+GET /status      200 {"in_flight", "draining"}: requests being served now
 
 SIGTERM starts a drain: /health turns 503 so that HAProxy and Consul stop sending new
-work, requests keep being served until DRAIN_TIMEOUT seconds have passed, then the
-process exits 0.
+work, requests keep being served (new ones too), and the process exits 0 as soon as no
+request is in flight, at most DRAIN_TIMEOUT seconds after the signal.
 
 Environment: APP_VERSION, INSTANCE (defaults to the hostname), PORT (8080),
 DRAIN_TIMEOUT (5), FAULT (http500 | unhealthy | crash | slow), FAULT_DELAY (seconds, 0.5),
@@ -33,6 +35,30 @@ FAULT_DELAY = float(os.environ.get("FAULT_DELAY", "0.5"))
 CRASH_AFTER = float(os.environ.get("CRASH_AFTER", "3"))
 
 draining = threading.Event()
+
+
+class InFlight:
+    """Requests being served now; the drain waits for this to reach zero."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.idle:
+            self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        with self.idle:
+            self.count -= 1
+            self.idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.idle:
+            return self.idle.wait_for(lambda: self.count == 0, timeout)
+
+
+in_flight = InFlight()
 
 
 def log(message: str) -> None:
@@ -66,10 +92,20 @@ class Handler(BaseHTTPRequestHandler):
             healthy = not draining.is_set() and FAULT != "unhealthy"
             self._send(200 if healthy else 503, {"status": "ok" if healthy else "draining"})
             return
-        if FAULT == "slow":
-            time.sleep(FAULT_DELAY)
-        status = 500 if FAULT == "http500" else 200
-        self._send(status, {"version": VERSION, "instance": INSTANCE, "path": self.path})
+        if self.path == "/status":
+            self._send(200, {"in_flight": in_flight.count, "draining": draining.is_set()})
+            return
+        with in_flight:
+            if self.path.startswith("/sleep/"):
+                try:
+                    time.sleep(min(600.0, max(0.0, float(self.path.split("/")[2]))))
+                except ValueError:
+                    self._send(400, {"error": "GET /sleep/<seconds>"})
+                    return
+            elif FAULT == "slow":
+                time.sleep(FAULT_DELAY)
+            status = 500 if FAULT == "http500" else 200
+            self._send(status, {"version": VERSION, "instance": INSTANCE, "path": self.path})
 
     def log_message(self, fmt: str, *args) -> None:
         pass
@@ -79,21 +115,29 @@ def main() -> int:
     server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)  # noqa: S104 - inside a container
     server.daemon_threads = True
 
+    def finish_drain() -> None:
+        idle = in_flight.wait_idle(DRAIN_TIMEOUT)
+        log(
+            "idle, exiting"
+            if idle
+            else f"drain_timeout {DRAIN_TIMEOUT}s reached with {in_flight.count} in flight"
+        )
+        server.shutdown()
+
     def drain(signum, frame) -> None:
         if draining.is_set():
             return
         draining.set()
-        log(f"SIGTERM: draining for {DRAIN_TIMEOUT}s")
-        threading.Timer(DRAIN_TIMEOUT, server.shutdown).start()
+        log(f"SIGTERM: draining ({in_flight.count} in flight, at most {DRAIN_TIMEOUT}s)")
+        threading.Thread(target=finish_drain, daemon=True).start()
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     if FAULT == "crash":
         threading.Timer(CRASH_AFTER, lambda: os._exit(3)).start()
     log(f"serving on :{PORT}" + (f" with FAULT={FAULT}" if FAULT else ""))
-    server.serve_forever(poll_interval=0.2)
+    server.serve_forever(poll_interval=0.05)
     server.server_close()
-    log("drained, exiting")
     return 0
 
 

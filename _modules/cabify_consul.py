@@ -1,0 +1,312 @@
+"""
+This host's Consul agent: replica registrations, the pools' KV, and release locks
+(sessions). One client, made in one place, with the agent's address and, when ACLs are
+on, the token from ``consul:api:token``.
+
+Consul is the truth for what serves: one service instance per replica (ID = container
+name, service = pool name), tags and meta with pool, version and role, an HTTP check on
+``/health``, and ``Weights.Passing`` for its share of the requests.
+
+.. code-block:: bash
+
+    salt-call cabify_consul.registrations cabify
+    salt-call cabify_consul.kv_get cabify/weights/cabify
+    salt-call cabify_consul.lock_holder cabify
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+try:
+    import consul
+    import requests
+
+    HAS_CONSUL = True
+except ImportError:
+    HAS_CONSUL = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "cabify_consul"
+
+
+def __virtual__():
+    if not HAS_CONSUL:
+        return (False, "cabify_consul: py-consul is not installed in Salt's venv")
+    return __virtualname__
+
+
+def _client():
+    if "cabify_consul.client" not in __context__:
+        __context__["cabify_consul.client"] = __utils__["cabify_kv.client"](
+            __salt__["config.get"]("consul:api:host", "127.0.0.1"),
+            __salt__["config.get"]("consul:config:ports:http", 8500),
+            __salt__["config.get"]("consul:api:token", None),
+        )
+    return __context__["cabify_consul.client"]
+
+
+def _call(what: str, func, *args, **kwargs):
+    """Run a py-consul call; its errors become CommandExecutionError naming WHAT."""
+    __utils__["cabify_failpoints.hit"]("consul.call")
+    try:
+        return func(*args, **kwargs)
+    except (consul.ConsulException, requests.RequestException, OSError) as err:
+        raise CommandExecutionError(f"consul: {what}: {err}") from err
+
+
+# --- registrations -----------------------------------------------------------------------
+
+
+def register(
+    replica: dict,
+    service: str,
+    weight: int | None = None,
+    status: str | None = None,
+    deregister_after: str = "30s",
+) -> dict:
+    """
+    Register REPLICA (a dict from ``cabify_docker.replicas``) as an instance of SERVICE:
+    its address and port, tags and meta with pool, version and role, an HTTP check on
+    /health every second. WEIGHT is its HAProxy weight (1-256, carried by
+    ``Weights.Passing``); STATUS starts its check passing (a re-registration for a
+    weight change must not take a passing replica out of service).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.register \
+          '{name: shop-2-a1b2c3, address: 172.18.0.5, port: 80, pool: shop, version: "2", role: stable}' shop
+    """
+    check = consul.Check.http(
+        f"http://{replica['address']}:{replica['port']}/health",
+        "1s",
+        timeout="1s",
+        deregister=deregister_after,
+    )
+    if status in ("passing", "warning", "critical"):
+        check["Status"] = status
+    weights = None
+    if weight is not None:
+        weights = {"Passing": __utils__["cabify_weights.consul_passing"](weight), "Warning": 1}
+    _call(
+        f"registering {replica['name']}",
+        _client().agent.service.register,
+        service,
+        service_id=replica["name"],
+        address=replica["address"],
+        port=replica["port"],
+        tags=[replica["role"], f"v{replica['version']}"],
+        meta={"pool": replica["pool"], "version": str(replica["version"]), "role": replica["role"]},
+        check=check,
+        weights=weights,
+    )
+    return replica
+
+
+def deregister(name: str) -> bool:
+    """
+    Remove the registration of instance NAME from this host's agent; True if there was one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.deregister cabify-2-a1b2c3
+    """
+    agent = _client().agent
+    if name not in _call("listing services", agent.services):
+        return False
+    _call(f"deregistering {name}", agent.service.deregister, name)
+    return True
+
+
+def registrations(service: str) -> dict[str, dict]:
+    """
+    This agent's instances of SERVICE by ID: address, port, tags, pool, version, role,
+    weight (Passing) and the worst status of their checks.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.registrations cabify
+    """
+    agent = _client().agent
+    checks = _call("listing checks", agent.checks)
+    found = {}
+    for sid, svc in _call("listing services", agent.services).items():
+        if svc.get("Service") != service:
+            continue
+        states = [c["Status"] for c in checks.values() if c.get("ServiceID") == sid]
+        worst = next((s for s in ("critical", "warning") if s in states), "passing" if states else "none")
+        meta = svc.get("Meta") or {}
+        found[sid] = {
+            "address": svc.get("Address"),
+            "port": svc.get("Port"),
+            "tags": svc.get("Tags", []),
+            "pool": meta.get("pool"),
+            "version": meta.get("version"),
+            "role": meta.get("role"),
+            "passing_weight": (svc.get("Weights") or {}).get("Passing"),
+            "status": worst,
+        }
+    return found
+
+
+# --- KV ------------------------------------------------------------------------------------
+
+
+def kv_get(key: str) -> Any:
+    """
+    The value at KEY (JSON decoded when it is JSON), or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.kv_get cabify/weights/cabify
+    """
+    _, entry = _call(f"reading {key}", _client().kv.get, key)
+    return __utils__["cabify_kv.decode"](entry.get("Value")) if entry else None
+
+
+def kv_tree(prefix: str) -> dict[str, Any]:
+    """
+    Every key under PREFIX with its decoded value.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.kv_tree cabify/desired/
+    """
+    _, entries = _call(f"reading {prefix}", _client().kv.get, prefix, recurse=True)
+    return {e["Key"]: __utils__["cabify_kv.decode"](e.get("Value")) for e in entries or []}
+
+
+def kv_put(key: str, value: Any) -> bool:
+    """
+    Write VALUE at KEY as JSON.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.kv_put cabify/desired/cabify '"2"'
+    """
+    return bool(_call(f"writing {key}", _client().kv.put, key, __utils__["cabify_kv.encode"](value)))
+
+
+def kv_delete(key: str) -> bool:
+    """
+    Delete KEY (nothing happens when it is absent).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.kv_delete cabify/weights/cabify
+    """
+    return bool(_call(f"deleting {key}", _client().kv.delete, key))
+
+
+# --- locks -------------------------------------------------------------------------------
+
+
+def lock_acquire(key: str, holder: dict, ttl: int = 30) -> str | None:
+    """
+    Take the lock at KEY with a new session of TTL seconds (behaviour delete, no lock
+    delay) and HOLDER as its value. The session id, or None when another session holds
+    it (the session made for the attempt is destroyed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.lock_acquire cabify/locks/cabify '{id: manual}'
+    """
+    client = _client()
+    session = _call(
+        "creating a lock session",
+        client.session.create,
+        name=f"lock {key} {holder.get('id', '')}".strip(),
+        behavior="delete",
+        ttl=int(ttl),
+        lock_delay=0,
+    )
+    taken = _call(f"taking {key}", client.kv.put, key, __utils__["cabify_kv.encode"](holder), acquire=session)
+    if not taken:
+        _call("destroying a session", client.session.destroy, session)
+        return None
+    return session
+
+
+def lock_holder(key: str) -> dict | None:
+    """
+    The value of the lock at KEY with its ``session``, while a session holds it; None
+    when it is free.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.lock_holder cabify/locks/cabify
+    """
+    _, entry = _call(f"reading {key}", _client().kv.get, key)
+    if not entry or not entry.get("Session"):
+        return None
+    value = __utils__["cabify_kv.decode"](entry.get("Value"))
+    return {**(value if isinstance(value, dict) else {}), "session": entry["Session"]}
+
+
+def lock_held(key: str, session: str) -> bool:
+    """
+    True while SESSION holds the lock at KEY: what a release checks before each step.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.lock_held cabify/locks/cabify 1f0e...
+    """
+    holder = lock_holder(key)
+    return bool(holder and holder["session"] == session)
+
+
+def session_renew(session: str) -> bool:
+    """
+    Renew SESSION's TTL; False when Consul no longer knows it (it expired or was
+    destroyed: its locks are gone).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.session_renew 1f0e...
+    """
+    try:
+        return bool(_client().session.renew(session))
+    except consul.NotFound:
+        return False
+    except (consul.ConsulException, requests.RequestException, OSError) as err:
+        raise CommandExecutionError(f"consul: renewing session {session}: {err}") from err
+
+
+def lock_release(key: str, session: str) -> None:
+    """
+    Let go of the lock at KEY that SESSION holds: the session is destroyed, and with
+    it the key (sessions are made with behaviour delete).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.lock_release cabify/locks/cabify 1f0e...
+    """
+    _call(f"releasing {key}", _client().session.destroy, session)

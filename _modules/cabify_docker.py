@@ -1,0 +1,403 @@
+"""
+This host's replicas and images, through dockerd (the docker SDK).
+
+Docker is the truth for what runs: every replica is a container labelled with its
+pool, version, role and spec hash. Nothing here knows about Consul or HAProxy.
+
+.. code-block:: bash
+
+    salt-call cabify_docker.replicas cabify
+    salt-call cabify_docker.start_replica cabify 2
+    salt-call cabify_docker.stop_replica cabify-2-a1b2c3 timeout=10
+
+Images are ``<repository>:<version>`` (``cabify:image:repository``, default
+``cabify-app``), built here on a base image that is built with debootstrap where no
+registry is reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+try:
+    import docker
+    import docker.errors
+
+    HAS_DOCKER = True
+except ImportError:
+    HAS_DOCKER = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "cabify_docker"
+
+LABEL_POOL = "cabify.pool"
+LABEL_VERSION = "cabify.version"
+LABEL_ROLE = "cabify.role"
+LABEL_SPEC = "cabify.spec-hash"
+LABEL_SOURCE = "cabify.source-hash"
+APP_PORT = 8080
+
+
+def __virtual__():
+    if not HAS_DOCKER:
+        return (False, "cabify_docker: the docker library is not installed in Salt's venv")
+    return __virtualname__
+
+
+def _client():
+    try:
+        return docker.from_env(timeout=120)
+    except docker.errors.DockerException as err:
+        raise CommandExecutionError(f"cannot reach dockerd: {err}") from err
+
+
+def _plan_utils():
+    return __utils__["cabify_plan.spec_hash"], __utils__["cabify_plan.source_hash"]
+
+
+def _failpoint(name: str) -> None:
+    __utils__["cabify_failpoints.hit"](name)
+
+
+def repository() -> str:
+    """
+    The image repository of the app (``cabify:image:repository``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.repository
+    """
+    return __salt__["config.get"]("cabify:image:repository", "cabify-app")
+
+
+def _info(container) -> dict:
+    labels = container.labels
+    attrs = container.attrs
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
+    state = attrs.get("State") or {}
+    return {
+        "name": container.name,
+        "id": container.short_id,
+        "pool": labels.get(LABEL_POOL),
+        "version": labels.get(LABEL_VERSION),
+        "role": labels.get(LABEL_ROLE, "stable"),
+        "spec": labels.get(LABEL_SPEC),
+        "status": container.status,
+        "exit_code": state.get("ExitCode", 0),
+        "restarts": attrs.get("RestartCount", 0),
+        "address": address,
+        "port": APP_PORT,
+    }
+
+
+def replicas(pool: str | None = None, all: bool = True) -> list[dict]:
+    """
+    The replicas of POOL (of every pool when None), running or not unless
+    ``all=False``: ``{name, id, pool, version, role, spec, status, exit_code,
+    restarts, address, port}``, sorted by name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.replicas cabify
+        salt-call cabify_docker.replicas all=False --out=json
+    """
+    label = f"{LABEL_POOL}={pool}" if pool else LABEL_POOL
+    try:
+        found = _client().containers.list(all=all, filters={"label": label})
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: listing replicas: {err}") from err
+    return sorted((_info(c) for c in found), key=lambda r: r["name"])
+
+
+def replica(name: str) -> dict | None:
+    """
+    One replica by container NAME, or None when there is no such container.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.replica cabify-2-a1b2c3
+    """
+    try:
+        return _info(_client().containers.get(name))
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: reading {name}: {err}") from err
+
+
+def network_present(name: str, pool: str | None = None) -> bool:
+    """
+    Create the bridge network NAME if absent; True if it was created.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.network_present cabify
+    """
+    client = _client()
+    try:
+        if client.networks.list(names=[name]):
+            return False
+        client.networks.create(name, driver="bridge", labels={LABEL_POOL: pool or name})
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: creating network {name}: {err}") from err
+    return True
+
+
+def start_replica(
+    pool: str,
+    version: str,
+    role: str = "stable",
+    env: dict | None = None,
+    resources: dict | None = None,
+    network: str | None = None,
+) -> dict:
+    """
+    Start one replica of VERSION for POOL on NETWORK (default: the pool's name) and
+    return it. ENV is the replica's environment (the pool adds ``DRAIN_TIMEOUT``);
+    RESOURCES may hold ``memory`` and ``cpus``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.start_replica cabify 2 role=canary
+    """
+    spec_hash, _ = _plan_utils()
+    version = str(version)
+    name = f"{pool}-{version}-{secrets.token_hex(3)}"
+    resources = resources or {}
+    environment = {**(env or {}), "APP_VERSION": version, "INSTANCE": name, "PORT": str(APP_PORT)}
+    labels = {
+        LABEL_POOL: pool,
+        LABEL_VERSION: version,
+        LABEL_ROLE: role,
+        LABEL_SPEC: spec_hash(version, env, resources),
+    }
+    kwargs: dict[str, Any] = {}
+    if resources.get("memory"):
+        kwargs["mem_limit"] = resources["memory"]
+    if resources.get("cpus"):
+        kwargs["nano_cpus"] = int(float(resources["cpus"]) * 1e9)
+    image = f"{repository()}:{version}"
+    _failpoint("docker.start")
+    try:
+        container = _client().containers.run(
+            image,
+            name=name,
+            detach=True,
+            environment=environment,
+            labels=labels,
+            network=network or pool,
+            restart_policy={"Name": "unless-stopped"},
+            hostname=name,
+            **kwargs,
+        )
+        container.reload()
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: starting a replica of {image} for pool {pool}: {err}") from err
+    log.info("cabify: pool %s: started replica %s (%s, %s)", pool, name, version, role)
+    return _info(container)
+
+
+def stop_replica(name: str, timeout: float = 10) -> bool:
+    """
+    Stop replica NAME with SIGTERM (the app finishes its requests and exits as soon as
+    it is idle), SIGKILL after TIMEOUT seconds, and remove it. False when there was no
+    such container.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.stop_replica cabify-1-a1b2c3 timeout=10
+    """
+    _failpoint("docker.stop")
+    try:
+        container = _client().containers.get(name)
+        container.stop(timeout=max(1, int(timeout + 0.999)))
+        _remove(container)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: stopping replica {name}: {err}") from err
+    log.info("cabify: stopped and removed replica %s", name)
+    return True
+
+
+def remove_replica(name: str) -> bool:
+    """
+    Remove replica NAME at once (SIGKILL if it runs); False when there was none.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.remove_replica cabify-1-a1b2c3
+    """
+    try:
+        _remove(_client().containers.get(name))
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: removing replica {name}: {err}") from err
+    return True
+
+
+def _remove(container) -> None:
+    """A container that is gone or being removed already is as good as removed."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as err:
+        if err.status_code != 409 or "in progress" not in str(err):
+            raise
+
+
+def clone_spec(name: str) -> dict | None:
+    """
+    What replica NAME is made of (version, role, env, resources, network), to start
+    its like; None when it is gone.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.clone_spec cabify-1-a1b2c3
+    """
+    try:
+        container = _client().containers.get(name)
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: reading {name}: {err}") from err
+    return __utils__["cabify_plan.clone_spec"](container.attrs, container.labels)
+
+
+def wait_gone(name: str, timeout: float = 10) -> bool:
+    """
+    Wait until container NAME no longer runs; True if it stopped within TIMEOUT.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.wait_gone cabify-1-a1b2c3
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = replica(name)
+        if current is None or current["status"] != "running":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def image_exists(image: str) -> bool:
+    """
+    True if IMAGE (name:tag) is in the local image store.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.image_exists cabify-base:bookworm
+    """
+    try:
+        _client().images.get(image)
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: {err}") from err
+    return True
+
+
+def build_base_image(image: str, mirror: str, suite: str = "bookworm") -> str:
+    """
+    Build IMAGE from nothing with debootstrap (minbase + python3) and ``docker import``:
+    the base image of hosts that reach no registry. Takes about half a minute.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.build_base_image cabify-base:bookworm http://deb.debian.org/debian
+    """
+    with tempfile.TemporaryDirectory(prefix="cabify-rootfs-") as rootfs:
+        steps = [
+            ["debootstrap", "--variant=minbase", "--include=python3", suite, rootfs, mirror],
+            ["sh", "-c", f"tar -C {rootfs} -c . | docker import - {image}"],
+        ]
+        for step in steps:
+            proc = subprocess.run(step, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                raise CommandExecutionError(f"building {image}: {step[0]} failed: {proc.stderr[-2000:]}")
+    return image
+
+
+def image_current(version: str, source_dir: str, base_image: str) -> bool:
+    """
+    True if the app image of VERSION exists and was built from these sources and base.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.image_current 2 /var/cache/cabify/app cabify-base:bookworm
+    """
+    _, source_hash = _plan_utils()
+    try:
+        image = _client().images.get(f"{repository()}:{version}")
+    except docker.errors.ImageNotFound:
+        return False
+    return image.labels.get(LABEL_SOURCE) == source_hash(source_dir, str(version), base_image)
+
+
+def build_image(version: str, source_dir: str, base_image: str) -> str:
+    """
+    Build the app image of VERSION from SOURCE_DIR's Dockerfile on BASE_IMAGE, labelled
+    with the content hash of its sources.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.build_image 2 /var/cache/cabify/app cabify-base:bookworm
+    """
+    _, source_hash = _plan_utils()
+    tag = f"{repository()}:{version}"
+    try:
+        _client().images.build(
+            path=source_dir,
+            tag=tag,
+            buildargs={"BASE_IMAGE": base_image},
+            labels={
+                LABEL_SOURCE: source_hash(source_dir, str(version), base_image),
+                LABEL_VERSION: str(version),
+            },
+            rm=True,
+            pull=False,
+        )
+    except (docker.errors.BuildError, docker.errors.APIError) as err:
+        raise CommandExecutionError(f"building {tag} on {base_image}: {err}") from err
+    return tag

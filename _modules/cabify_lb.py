@@ -1,0 +1,333 @@
+"""
+This host's HAProxy, through its runtime API: the servers of a pool's backend (filled
+from Consul's DNS), drains, and the live figures a canary is judged on.
+
+HAProxy learns the pool from DNS; the runtime API is only for what DNS cannot say:
+drain a server now, read states, sessions and counters. Nothing here holds state that
+DNS would overwrite. Each pool's backend is named after the pool.
+
+.. code-block:: bash
+
+    salt-call cabify_lb.servers cabify
+    salt-call cabify_lb.figures cabify
+    salt-call cabify_lb.command "show servers state"
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from salt.exceptions import CommandExecutionError
+
+__virtualname__ = "cabify_lb"
+
+_LOG_LINE = re.compile(
+    r"\[(?P<date>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] \S+ (?P<backend>[\w.-]+)/(?P<server>[\w.-]+) "
+    r"-?\d+/-?\d+/-?\d+/(?P<tr>-?\d+)/-?\d+ (?P<status>-?\d+) "
+)
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def command(cmd: str) -> str:
+    """
+    Run one command on HAProxy's runtime API (``haproxy:runtime_api:socket``) and return
+    its answer.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.command "show info"
+    """
+    path = __salt__["config.get"]("haproxy:runtime_api:socket", "/run/haproxy/admin.sock")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(cmd.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as err:
+        raise CommandExecutionError(f"HAProxy runtime API at {path}: {cmd!r}: {err}") from err
+    return b"".join(chunks).decode()
+
+
+def _rows(backend: str) -> list[dict]:
+    lines = command("show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",") if lines else []
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    return [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
+
+
+def servers(backend: str) -> dict[str, dict]:
+    """
+    BACKEND's servers that have an address, by ``address:port``: slot name, role (the
+    server-template's prefix), state, weight and current sessions.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.servers cabify
+    """
+    return {
+        row["addr"]: {
+            "name": row["svname"],
+            "role": row["svname"].rstrip("0123456789"),
+            "state": row["status"],
+            "weight": int(row.get("uweight") or row.get("weight") or 0),
+            "sessions": int(row.get("scur") or 0),
+        }
+        for row in _rows(backend)
+        if row.get("addr")
+    }
+
+
+def server(backend: str, address: str, port: int) -> dict | None:
+    """
+    The server of BACKEND that ADDRESS:PORT fills, if any.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.server cabify 172.18.0.5 8080
+    """
+    return servers(backend).get(f"{address}:{port}")
+
+
+def set_state(backend: str, slot: str, state: str) -> None:
+    """
+    Set server SLOT of BACKEND to STATE (``ready``, ``drain`` or ``maint``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.set_state cabify stable3 drain
+    """
+    if state not in ("ready", "drain", "maint"):
+        raise CommandExecutionError(f"server state must be ready, drain or maint (got {state!r})")
+    answer = command(f"set server {backend}/{slot} state {state}").strip()
+    if answer:
+        raise CommandExecutionError(f"HAProxy: set server {backend}/{slot} state {state}: {answer}")
+
+
+def drain(backend: str, address: str, port: int) -> str | None:
+    """
+    Stop sending new requests to the server ADDRESS:PORT fills in BACKEND (its
+    sessions finish); the slot's name, or None when no server has that address.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.drain cabify 172.18.0.5 8080
+    """
+    found = server(backend, address, port)
+    if found is None:
+        return None
+    set_state(backend, found["name"], "drain")
+    return found["name"]
+
+
+def wait_idle(backend: str, address: str, port: int, timeout: float) -> bool:
+    """
+    Wait until the server ADDRESS:PORT of BACKEND has no session (or is gone); True if
+    it became idle within TIMEOUT seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.wait_idle cabify 172.18.0.5 8080 10
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = server(backend, address, port)
+        if found is None or found["sessions"] == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def release_slot(backend: str, slot: str, address: str, port: int, timeout: float = 10) -> bool:
+    """
+    Put a drained slot back to ready once DNS has taken ADDRESS:PORT out of it: a slot
+    keeps its admin state, and a replica it received later would get no traffic.
+    True when released, False when DNS still names the address after TIMEOUT (the slot
+    is left for :py:func:`release_stuck_slots`).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.release_slot cabify stable3 172.18.0.5 8080
+    """
+    deadline = time.monotonic() + timeout
+    while (found := servers(backend).get(f"{address}:{port}")) and found["name"] == slot:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    set_state(backend, slot, "ready")
+    return True
+
+
+# Admin state bits of `show servers state`: forced maintenance and forced drain, what
+# the runtime API sets (resolution or configuration set the others).
+_FORCED_MAINT = 0x01
+_FORCED_DRAIN = 0x08
+
+
+def server_states(backend: str) -> list[dict]:
+    """
+    BACKEND's servers as ``show servers state`` has them: slot, address, port and admin
+    state bits (0x01 forced maintenance, 0x08 forced drain, 0x20 no address from DNS).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.server_states cabify
+    """
+    lines = [line for line in command(f"show servers state {backend}").splitlines() if line.strip()]
+    header = next((line.lstrip("# ").split() for line in lines if line.startswith("#")), [])
+    rows = [dict(zip(header, line.split(), strict=False)) for line in lines if not line.startswith("#")]
+    return [
+        {
+            "name": row["srv_name"],
+            "address": None if row.get("srv_addr") in (None, "-", "0.0.0.0") else row["srv_addr"],  # noqa: S104
+            "port": int(row.get("srv_port") or 0),
+            "admin_state": int(row.get("srv_admin_state") or 0),
+        }
+        for row in rows
+        if row.get("be_name") == backend
+    ]
+
+
+def release_stuck_slots(backend: str, live: list[str]) -> list[str]:
+    """
+    Put back to ready every slot of BACKEND that the runtime API left in drain or
+    maintenance while it holds no server, or one of the LIVE replicas
+    (``address:port``) that must serve. Slots holding any other address are left
+    alone (a replica being drained elsewhere, an operator's own maintenance).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.release_stuck_slots cabify '[172.18.0.5:8080]'
+    """
+    stuck = [
+        row["name"]
+        for row in server_states(backend)
+        if row["admin_state"] & (_FORCED_MAINT | _FORCED_DRAIN)
+        and (row["address"] is None or f"{row['address']}:{row['port']}" in set(live))
+    ]
+    for slot in stuck:
+        set_state(backend, slot, "ready")
+    return stuck
+
+
+def undrain(backend: str, address: str, port: int) -> str | None:
+    """
+    Send requests again to the server ADDRESS:PORT fills in BACKEND if it was drained
+    (a release that stopped half-way gives it back); the slot's name, or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.undrain cabify 172.18.0.5 8080
+    """
+    found = server(backend, address, port)
+    if found is None or not found["state"].startswith(("DRAIN", "MAINT")):
+        return None
+    set_state(backend, found["name"], "ready")
+    return found["name"]
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def role_counters(backend: str) -> dict[str, dict]:
+    """
+    Cumulative counters of BACKEND's servers summed by role (``stable``, ``canary``):
+    requests sent to them, and errors (5xx answers, response errors and attempts that
+    HAProxy retried on another server).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.role_counters cabify
+    """
+
+    def number(row: dict, key: str) -> int:
+        return int(row.get(key) or 0)
+
+    out: dict[str, dict] = {}
+    for row in _rows(backend):
+        role = row["svname"].rstrip("0123456789")
+        answered = sum(number(row, f"hrsp_{k}") for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
+        failed = number(row, "wretr") + number(row, "eresp")
+        totals = out.setdefault(role, {"requests": 0, "errors": 0})
+        totals["requests"] += answered + failed
+        totals["errors"] += number(row, "hrsp_5xx") + failed
+    return out
+
+
+def request_latencies(backend: str, since: float = 0) -> dict[str, list[int]]:
+    """
+    Response times (ms, HAProxy's Tr) of the requests BACKEND's servers answered since
+    SINCE (epoch seconds), by role, from HAProxy's request log ring
+    (``haproxy:request_log:ring``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.request_latencies cabify
+    """
+    ring = __salt__["config.get"]("haproxy:request_log:ring", "requests")
+    out: dict[str, list[int]] = {}
+    for line in command(f"show events {ring}").splitlines():
+        found = _LOG_LINE.search(line)
+        if not found or found["backend"] != backend or int(found["tr"]) < 0:
+            continue
+        at = (
+            time.mktime(time.strptime(found["date"][:-4], "%d/%b/%Y:%H:%M:%S"))
+            + int(found["date"][-3:]) / 1000
+        )
+        if at >= since:
+            out.setdefault(found["server"].rstrip("0123456789"), []).append(int(found["tr"]))
+    return out
+
+
+def figures(
+    backend: str, since: float | None = None, baseline: dict | None = None, target_share: float | None = None
+) -> dict:
+    """
+    Live figures of BACKEND per role (``stable``, ``canary``): requests, errors, error
+    rate, p50/p99 (ms), and the canary's measured share of the requests beside
+    TARGET_SHARE. Counters count from BASELINE (a former result's ``counters``), latency
+    from SINCE (epoch seconds); without them, everything HAProxy still holds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.figures cabify
+    """
+    counters = role_counters(backend)
+    latencies = request_latencies(backend, since or 0)
+    out = __utils__["cabify_analysis.figures"](counters, baseline, latencies, target_share)
+    out.update(counters=counters, at=time.time())
+    return out

@@ -1,0 +1,649 @@
+"""
+One host's share of a pool: its replicas (Docker), their registrations (Consul) and
+their servers in HAProxy, kept in step. Plan, converge, drain, heal, weights.
+
+A pool is named once: its containers carry the label ``cabify.pool=<pool>``, its
+Consul service and HAProxy backend are named after it, and its bridge network too
+unless the pool's ``network`` says otherwise.
+
+.. code-block:: bash
+
+    salt-call cabify_pool.plan cabify 2 replicas=3
+    salt-call cabify_pool.converge cabify 2 replicas=3
+    salt-call cabify_pool.reconcile cabify
+    salt-call cabify_pool.heal
+
+Every change of a host's pool holds the pool's host lock (``/run/cabify/<pool>.lock``),
+so that a heal never undoes a converge or a release half-way; a release holds it for
+its whole run. A release passes its
+``fence`` (lock key and session); each step first checks that the release still holds
+its Consul lock, and stops when it lost it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "cabify_pool"
+
+
+def __virtual__():
+    needed = ("cabify_docker.replicas", "cabify_consul.registrations", "cabify_lb.servers")
+    missing = [f.split(".")[0] for f in needed if f not in __salt__]
+    if missing:
+        return (False, f"cabify_pool: the modules {', '.join(missing)} are not loaded (docker, py-consul?)")
+    return __virtualname__
+
+
+def _docker(func: str, *args, **kwargs):
+    return __salt__[f"cabify_docker.{func}"](*args, **kwargs)
+
+
+def _consul(func: str, *args, **kwargs):
+    return __salt__[f"cabify_consul.{func}"](*args, **kwargs)
+
+
+def _lb(func: str, *args, **kwargs):
+    return __salt__[f"cabify_lb.{func}"](*args, **kwargs)
+
+
+def _failpoint(name: str) -> None:
+    __utils__["cabify_failpoints.hit"](name)
+
+
+def _setting(pool: str, key: str, default: Any = None) -> Any:
+    return __salt__["config.get"](f"cabify:pools:{pool}:{key}", default)
+
+
+@contextlib.contextmanager
+def _host_lock(pool: str, fence: dict | None = None, timeout: float = 300):
+    """The pool's host lock (see ``_utils/cabify_hostlock.py``), unless FENCE says a
+    release that holds it already is the caller."""
+    if fence:
+        yield
+        return
+    with __utils__["cabify_hostlock.hold"](pool, timeout):
+        yield
+
+
+def check_fence(fence: dict | None) -> None:
+    """
+    Raise when the release that FENCE (``{"key", "session", "release"}``) belongs to no
+    longer holds its lock: it must not touch the pool again. Nothing without a fence.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.check_fence '{key: cabify/locks/cabify, session: 1f0e..., release: r1}'
+    """
+    if not fence:
+        return
+    if not _consul("lock_held", fence["key"], fence["session"]):
+        raise CommandExecutionError(
+            f"release {fence.get('release')} lost its lock {fence['key']} (its session ended): "
+            "it stopped and leaves the pool to whoever holds the lock now"
+        )
+
+
+def replica_env(env: dict | None, drain_timeout: float) -> dict:
+    """
+    The environment every replica of a pool gets: ENV plus ``DRAIN_TIMEOUT``, the cap
+    on the app's own drain after SIGTERM.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.replica_env '{LOG_LEVEL: info}' 5
+    """
+    return {**{str(k): str(v) for k, v in (env or {}).items()}, "DRAIN_TIMEOUT": f"{float(drain_timeout):g}"}
+
+
+def running(pool: str) -> list[dict]:
+    """
+    The running replicas of POOL on this host.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.running cabify
+    """
+    return [r for r in _docker("replicas", pool) if r["status"] == "running"]
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+def weights(pool: str) -> dict | None:
+    """
+    POOL's per-replica weights while a release shares out requests
+    (``{"spec", "new", "old", "asked", "share"}``: replicas of spec ``spec`` get weight
+    ``new``, the others ``old``), or None (every replica weight 1).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.weights cabify
+    """
+    current = _consul("kv_get", __utils__["cabify_kv.weights"](pool))
+    return current if isinstance(current, dict) and "new" in current and "old" in current else None
+
+
+def weight_of(replica: dict, current: dict | None) -> int | None:
+    """
+    The HAProxy weight REPLICA gets under weights CURRENT (None: Consul's default).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.weight_of '{spec: abc}' '{spec: abc, new: 3, old: 4}'
+    """
+    if not current:
+        return None
+    return int(current["new"] if replica.get("spec") == current.get("spec") else current["old"])
+
+
+def set_weights(
+    pool: str,
+    share: float,
+    spec: str,
+    release: str | None = None,
+    counts: dict | None = None,
+    timeout: float = 20,
+) -> dict:
+    """
+    Give POOL's replicas of SPEC SHARE percent of the requests (0 < SHARE < 100) beside
+    the others: store the per-replica weights, re-register every running replica with
+    its own, and wait until HAProxy serves with them (no reload). COUNTS
+    (``{"new", "old"}``) sizes the weights for replicas about to start; by default the
+    running ones are counted. Returns the weights with the share they give (``share``)
+    beside the one asked (``asked``): weights stop at 256, so a share near 0 or 100
+    may be out of reach.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.set_weights cabify 20 0a1b2c3d4e5f
+    """
+    if counts is None:
+        replicas = running(pool)
+        new = sum(1 for r in replicas if r["spec"] == spec)
+        counts = {"new": new, "old": len(replicas) - new}
+    try:
+        split = __utils__["cabify_weights.split"](share, counts["new"], counts["old"])
+    except ValueError as err:
+        raise CommandExecutionError(f"share of pool {pool}'s new replicas: {err}") from None
+    current = {
+        "spec": spec,
+        "new": split["new"],
+        "old": split["old"],
+        "asked": split["asked"],
+        "share": split["share"],
+    }
+    if release:
+        current["release"] = release
+    _consul("kv_put", __utils__["cabify_kv.weights"](pool), current)
+    apply_weights(pool, timeout=timeout)
+    return current
+
+
+def clear_weights(pool: str, timeout: float = 20) -> dict:
+    """
+    Back to one weight for every replica of POOL: forget the stored weights and
+    re-register every running replica with Consul's default weight.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.clear_weights cabify
+    """
+    _consul("kv_delete", __utils__["cabify_kv.weights"](pool))
+    return apply_weights(pool, timeout=timeout)
+
+
+def apply_weights(pool: str, timeout: float = 20) -> dict:
+    """
+    Re-register POOL's running replicas with the weights stored for them (keeping their
+    check's status) and wait until HAProxy shows those weights.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.apply_weights cabify
+    """
+    current = weights(pool)
+    registered = _consul("registrations", pool)
+    replicas = running(pool)
+    for replica in replicas:
+        if replica["name"] in registered:
+            register(pool, replica["name"], keep_status=True, current_weights=current)
+    deadline = time.monotonic() + timeout
+    while True:
+        lb = _lb("servers", pool)
+        wrong = []
+        for replica in replicas:
+            server = lb.get(f"{replica['address']}:{replica['port']}")
+            want = weight_of(replica, current) or 1
+            if server and server["state"] == "UP" and server["weight"] != want:
+                wrong.append(f"{replica['name']} ({server['weight']}, not {want})")
+        if not wrong:
+            return {"replicas": len(replicas), "weights": current}
+        if time.monotonic() > deadline:
+            raise CommandExecutionError(
+                f"HAProxy did not take the new weights within {timeout}s: {', '.join(wrong)}"
+            )
+        time.sleep(0.2)
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def register(pool: str, name: str, keep_status: bool = False, current_weights: dict | None = None) -> dict:
+    """
+    Register POOL's running replica NAME in Consul with its weight (see
+    :py:func:`weights`). KEEP_STATUS keeps the status of its check (a weight change
+    never takes a passing replica out of service for a check interval).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.register cabify cabify-2-a1b2c3
+    """
+    replica = _docker("replica", name)
+    if replica is None or replica["status"] != "running" or not replica["address"] or replica["pool"] != pool:
+        raise CommandExecutionError(f"pool {pool} has no running replica named {name!r} with an address")
+    status = None
+    if keep_status:
+        status = _consul("registrations", pool).get(name, {}).get("status")
+    current = current_weights if current_weights is not None else weights(pool)
+    return _consul(
+        "register",
+        replica,
+        pool,
+        weight=weight_of(replica, current),
+        status=status,
+        deregister_after=_setting(pool, "registration:deregister_critical_after", "30s"),
+    )
+
+
+def reconcile(pool: str) -> dict:
+    """
+    Make Consul match Docker for POOL: deregister this pool's instances (meta ``pool``)
+    whose container is gone or stopped, register running replicas that are missing,
+    and put back to ready HAProxy slots left in drain with no replica behind them.
+    Instances registered by anything else are left alone. Returns what it did.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.reconcile cabify
+    """
+    live = {r["name"]: r for r in running(pool)}
+    registered = _consul("registrations", pool)
+    ours = {sid for sid, reg in registered.items() if reg["pool"] == pool}
+    done: dict[str, list[str]] = {"deregistered": [], "registered": []}
+    for sid in sorted(ours - set(live)):
+        _consul("deregister", sid)
+        done["deregistered"].append(sid)
+    current = weights(pool)
+    for name, replica in sorted(live.items()):
+        reg = registered.get(name)
+        if reg is None or reg["address"] != replica["address"] or reg["pool"] != pool:
+            register(pool, name, current_weights=current)
+            done["registered"].append(name)
+    released = _lb("release_stuck_slots", pool, [f"{r['address']}:{r['port']}" for r in live.values()])
+    if released:
+        done["slots_released"] = released
+    return done
+
+
+# --- health and drain -----------------------------------------------------------------------
+
+
+def healthy(pool: str, name: str) -> bool:
+    """
+    True once POOL's replica NAME is passing in Consul and UP in HAProxy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.healthy cabify cabify-2-a1b2c3
+    """
+    reg = _consul("registrations", pool).get(name)
+    if not reg or reg["status"] != "passing":
+        return False
+    server = _lb("server", pool, reg["address"], reg["port"])
+    return bool(server and server["state"] == "UP")
+
+
+def wait_healthy(
+    pool: str, names: list[str], timeout: float = 60, min_healthy_time: float = 0, fence: dict | None = None
+) -> None:
+    """
+    Wait until every replica of NAMES has been healthy for MIN_HEALTHY_TIME seconds;
+    raise naming the ones that are not (or whose container stopped) by TIMEOUT, or when
+    FENCE's release lost its lock.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.wait_healthy cabify '[cabify-2-a1b2c3]' timeout=30
+    """
+    deadline = time.monotonic() + timeout
+    healthy_since: dict[str, float] = {}
+    while True:
+        check_fence(fence)
+        now = time.monotonic()
+        current = {r["name"]: r for r in _docker("replicas", pool)}
+        dead = [
+            n
+            for n in names
+            if n not in current or current[n]["status"] in ("exited", "dead") or current[n]["restarts"]
+        ]
+        if dead:
+            raise CommandExecutionError(f"replicas crashed before becoming healthy: {', '.join(dead)}")
+        registered = _consul("registrations", pool)
+        lb = _lb("servers", pool)
+        for name in names:
+            reg = registered.get(name) or {}
+            server = lb.get(f"{reg.get('address')}:{reg.get('port')}") or {}
+            if reg.get("status") == "passing" and server.get("state") == "UP":
+                healthy_since.setdefault(name, now)
+            else:
+                healthy_since.pop(name, None)
+        if all(now - healthy_since.get(n, now + 1) >= min_healthy_time for n in names):
+            return
+        if now > deadline:
+            late = [n for n in names if n not in healthy_since]
+            raise CommandExecutionError(f"replicas not healthy after {timeout:g}s: {', '.join(late)}")
+        time.sleep(0.2)
+
+
+def start(
+    pool: str,
+    version: str,
+    role: str = "stable",
+    env: dict | None = None,
+    resources: dict | None = None,
+    network: str | None = None,
+    fence: dict | None = None,
+) -> dict:
+    """
+    Start one replica of VERSION in POOL and register it (with its weight). ENV is the
+    replica's whole environment (see :py:func:`replica_env`).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.start cabify 2 role=canary
+    """
+    check_fence(fence)
+    replica = _docker("start_replica", pool, version, role, env, resources, network or pool)
+    register(pool, replica["name"])
+    return replica
+
+
+def drain(pool: str, name: str, drain_timeout: float = 10, fence: dict | None = None) -> dict:
+    """
+    Take POOL's replica NAME out of service with no failed request: drain it in HAProxy
+    (no new request), deregister it from Consul, wait until HAProxy shows no session on
+    it (up to DRAIN_TIMEOUT), then stop it with SIGTERM (the app exits as soon as it is
+    idle, at most its own DRAIN_TIMEOUT later) and remove it. Returns what it did.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.drain cabify cabify-1-a1b2c3 drain_timeout=10
+    """
+    check_fence(fence)
+    replica = _docker("replica", name)
+    if replica is None:
+        _consul("deregister", name)
+        return {"name": name, "gone": True}
+    slot = _lb("drain", pool, replica["address"], replica["port"]) if replica["address"] else None
+    _consul("deregister", name)
+    started = time.monotonic()
+    idle = True
+    if slot:
+        idle = _lb("wait_idle", pool, replica["address"], replica["port"], drain_timeout)
+    _failpoint("pool.drain")
+    check_fence(fence)
+    _docker("stop_replica", name, max(1.0, drain_timeout - (time.monotonic() - started)) + 2)
+    if slot:
+        _lb("release_slot", pool, slot, replica["address"], replica["port"])
+    log.info(
+        "cabify: pool %s: drained and removed %s (%s)",
+        pool,
+        name,
+        "idle" if idle else "drain_timeout reached",
+    )
+    return {"name": name, "slot": slot, "idle": idle, "seconds": round(time.monotonic() - started, 2)}
+
+
+def restore(pool: str, name: str, spec: dict | None = None) -> str:
+    """
+    Give back POOL's replica NAME after a release that stopped half-way: a replica that
+    still runs is registered again and taken out of drain; one that is gone is started
+    again from SPEC (its :py:func:`cabify_docker.clone_spec`). Returns the name of the
+    replica that now serves in its place.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.restore cabify cabify-1-a1b2c3
+    """
+    _failpoint("pool.restore")
+    replica = _docker("replica", name)
+    if replica is not None and replica["status"] == "running":
+        register(pool, name)
+        if replica["address"]:
+            _lb("undrain", pool, replica["address"], replica["port"])
+        return name
+    if spec is None:
+        raise CommandExecutionError(f"replica {name} of pool {pool} is gone and nothing says what it ran")
+    if replica is not None:
+        _docker("remove_replica", name)
+    started = start(pool, spec["version"], spec["role"], spec["env"], spec["resources"], spec.get("network"))
+    return started["name"]
+
+
+def remove_role(
+    pool: str, role: str = "canary", drain_timeout: float = 5, fence: dict | None = None
+) -> list[str]:
+    """
+    Take every replica of ROLE in POOL out of service and remove it: all of them leave
+    Consul first (no new request reaches them), then each is drained and removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.remove_role cabify canary
+    """
+    with _host_lock(pool, fence):
+        names = [r["name"] for r in _docker("replicas", pool) if r["role"] == role]
+        for name in names:
+            _consul("deregister", name)
+        for name in names:
+            drain(pool, name, drain_timeout=drain_timeout)
+        if names:
+            _lb("release_stuck_slots", pool, [f"{r['address']}:{r['port']}" for r in running(pool)])
+    return names
+
+
+# --- the pool ------------------------------------------------------------------------------
+
+
+def plan(
+    pool: str,
+    version: str,
+    replicas: int = 3,
+    env: dict | None = None,
+    resources: dict | None = None,
+    role: str | None = None,
+) -> dict:
+    """
+    What it takes for POOL to run exactly REPLICAS stable replicas of VERSION with ENV
+    (the whole environment, see :py:func:`replica_env`) and RESOURCES:
+    ``{"keep", "start", "remove"}``. Canary replicas are removed too, unless ROLE limits
+    the plan to the replicas of that role. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.plan cabify 2 replicas=5
+    """
+    wanted = __utils__["cabify_plan.spec_hash"](version, env, resources)
+    return __utils__["cabify_plan.plan"](_docker("replicas", pool), wanted, replicas, role)
+
+
+def converge(
+    pool: str,
+    version: str,
+    replicas: int = 3,
+    env: dict | None = None,
+    resources: dict | None = None,
+    network: str | None = None,
+    healthy_timeout: float = 60,
+    drain_timeout: float = 10,
+) -> dict:
+    """
+    Carry out :py:func:`plan`: start the missing replicas first and wait until they are
+    healthy, then drain and remove the surplus; finally reconcile Consul with Docker.
+    If new replicas never become healthy they are removed again and the old ones, never
+    touched, keep serving.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.converge cabify 2 replicas=3
+    """
+    with _host_lock(pool):
+        todo = plan(pool, version, replicas, env, resources)
+        _docker("network_present", network or pool, pool)
+        started: list[str] = []
+        try:
+            for _ in range(todo["start"]):
+                started.append(start(pool, version, "stable", env, resources, network)["name"])
+            if started:
+                wait_healthy(pool, started, timeout=healthy_timeout)
+        except Exception:
+            # Nothing half-done: the new replicas go, the old ones were never touched.
+            for name in started:
+                _best_effort(f"removing new replica {name}", drain, pool, name, drain_timeout=0)
+            raise
+        for name in todo["remove"]:
+            drain(pool, name, drain_timeout=drain_timeout)
+        reconciled = reconcile(pool)
+    return {"started": started, "removed": todo["remove"], "reconciled": reconciled}
+
+
+def _best_effort(what: str, func, *args, attempts: int = 3, **kwargs) -> Any:
+    """Run FUNC up to ATTEMPTS times; log and return None when it keeps failing (a
+    cleanup path must go on with the rest)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - whatever the service raised, try again
+            log.warning("cabify: %s failed (attempt %s of %s): %s", what, attempt, attempts, err)
+            if attempt == attempts:
+                return None
+            time.sleep(0.5 * attempt)
+    return None
+
+
+# --- self-healing ------------------------------------------------------------------------------
+
+
+def pools() -> list[str]:
+    """
+    The pools that have replicas (running or not) on this host.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.pools
+    """
+    return sorted({r["pool"] for r in _docker("replicas") if r["pool"]})
+
+
+def heal(pool: str | None = None, replace_critical: bool = False) -> dict:
+    """
+    Replace POOL's replicas that died (killed, crashed) with new ones of the same
+    version, role, env and resources, and, with REPLACE_CRITICAL, the running ones that
+    are critical in Consul; remove replicas that were stopped on purpose (exit code 0,
+    deregistered). Then reconcile Consul with Docker. Never looks at pillar: a heal
+    restores what ran, it does not release. Without POOL, every pool of this host.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.heal cabify
+        salt-call cabify_pool.heal replace_critical=True
+    """
+    done = {}
+    for name in [pool] if pool else pools():
+        with _host_lock(name):
+            done[name] = _heal(name, replace_critical)
+    return done[pool] if pool else done
+
+
+def _heal(pool: str, replace_critical: bool) -> dict:
+    registered = _consul("registrations", pool)
+    done: dict[str, Any] = {"replaced": {}, "removed": []}
+    for replica in _docker("replicas", pool):
+        name = replica["name"]
+        dead = replica["status"] in ("exited", "dead")
+        critical = replica["status"] == "running" and registered.get(name, {}).get("status") == "critical"
+        if dead and replica["exit_code"] == 0 and name not in registered:
+            _docker("remove_replica", name)
+            done["removed"].append(name)
+            continue
+        if not dead and not (critical and replace_critical):
+            continue
+        spec = _docker("clone_spec", name)
+        if spec is None:
+            continue
+        replacement = start(
+            pool, spec["version"], spec["role"], spec["env"], spec["resources"], spec["network"]
+        )
+        if dead:
+            _consul("deregister", name)
+            _docker("remove_replica", name)
+        else:
+            drain(pool, name, drain_timeout=0)
+        done["replaced"][name] = replacement["name"]
+        log.warning(
+            "cabify: pool %s: replaced %s replica %s with %s",
+            pool,
+            replica["status"],
+            name,
+            replacement["name"],
+        )
+    done["reconciled"] = reconcile(pool)
+    return done

@@ -1,0 +1,82 @@
+"""
+The canary analysis: live figures of both roles from HAProxy's counters and request
+log, and the judgement of a step (pass, fail with a reason, or inconclusive).
+
+Pure computation on what the HAProxy module read: no service is asked anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = ("stable", "canary")
+
+DEFAULTS = {
+    "max_error_rate": 0.05,  # fraction of the canary's requests that failed (5xx, retried)
+    "max_p99_ms": 500,
+    "min_requests": 20,  # fewer in a step's window: inconclusive, the step waits
+    "interval": 5,  # seconds between two readings of the figures
+    "inconclusive_limit": 60,  # seconds an inconclusive step may wait before it aborts
+}
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The Q-quantile (0..1) of the sorted list ORDERED, or None when it is empty."""
+    if not ordered:
+        return None
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def figures(
+    counters: dict[str, dict],
+    baseline: dict[str, dict] | None,
+    latencies: dict[str, list[float]],
+    target_share: float | None = None,
+) -> dict[str, Any]:
+    """
+    Per-role figures since BASELINE: requests, errors, error rate, p50/p99 (ms) and,
+    for the canary, the share of the requests it measured beside TARGET_SHARE.
+    COUNTERS and BASELINE are cumulative ``{role: {"requests", "errors"}}``.
+    """
+    out: dict[str, Any] = {}
+    for role in ROLES:
+        now = counters.get(role, {"requests": 0, "errors": 0})
+        before = (baseline or {}).get(role, {"requests": 0, "errors": 0})
+        requests = max(0, now["requests"] - before["requests"])
+        errors = max(0, now["errors"] - before["errors"])
+        timings = sorted(latencies.get(role, []))
+        out[role] = {
+            "requests": requests,
+            "errors": errors,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "p50_ms": percentile(timings, 0.50),
+            "p99_ms": percentile(timings, 0.99),
+            "logged": len(timings),
+        }
+    total = out["stable"]["requests"] + out["canary"]["requests"]
+    out["share"] = {
+        "target": target_share,
+        "measured": round(100.0 * out["canary"]["requests"] / total, 2) if total else None,
+    }
+    return out
+
+
+def judge(numbers: dict, analysis: dict) -> str | None:
+    """Why the canary's figures break a threshold of ANALYSIS, or None (too few
+    requests to say is None too: see :func:`conclusive`)."""
+    canary = numbers["canary"]
+    if not conclusive(numbers, analysis):
+        return None
+    if canary["error_rate"] > analysis["max_error_rate"]:
+        return (
+            f"canary error rate {canary['error_rate']:.2%} over {canary['requests']} requests "
+            f"is above max_error_rate {analysis['max_error_rate']:.2%}"
+        )
+    if canary["p99_ms"] is not None and canary["p99_ms"] > analysis["max_p99_ms"]:
+        return f"canary p99 latency {canary['p99_ms']} ms is above max_p99_ms {analysis['max_p99_ms']} ms"
+    return None
+
+
+def conclusive(numbers: dict, analysis: dict) -> bool:
+    """The canary had at least ``min_requests`` requests in the window."""
+    return numbers["canary"]["requests"] >= analysis["min_requests"]

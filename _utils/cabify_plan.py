@@ -1,0 +1,105 @@
+"""
+What a pool must do to run what is asked: spec hashes, the plan (replicas kept, started,
+removed), the batches of a rolling release, and the spec of a running replica to start
+its like.
+
+Pure computation on plain data (replica dicts, container attributes): no service is
+asked anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+# Environment the pool sets on every replica itself: not part of what a user asked.
+OWN_ENV = ("APP_VERSION", "INSTANCE", "PORT", "PATH", "PYTHONUNBUFFERED")
+
+
+def spec_hash(version: str, env: dict | None = None, resources: dict | None = None) -> str:
+    """Hash of what a replica is made of (version, env, resources): a replica whose
+    spec label differs is replaced."""
+    env = {str(k): str(v) for k, v in (env or {}).items()}
+    resources = {str(k): str(v) for k, v in (resources or {}).items()}
+    text = repr((str(version), sorted(env.items()), sorted(resources.items())))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def source_hash(source_dir: str, version: str, base_image: str) -> str:
+    """Content hash of an image's build context, its version and its base image."""
+    digest = hashlib.sha256(f"{version}\0{base_image}\0".encode())
+    for root, dirs, files in os.walk(source_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, source_dir).encode() + b"\0")
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def plan(current: list[dict], wanted_spec: str, replicas: int, role: str | None = None) -> dict:
+    """
+    What it takes for CURRENT (replica dicts with name, spec, status, role) to hold
+    exactly REPLICAS running stable replicas of WANTED_SPEC: ``{"keep", "start",
+    "remove"}``. With ROLE, only the replicas of that role are considered (a canary's
+    promotion leaves the canaries alone); without it, canaries are removed too.
+    """
+    considered = [r for r in current if role is None or r["role"] == role]
+    good = [
+        r["name"]
+        for r in considered
+        if r["spec"] == wanted_spec and r["status"] == "running" and r["role"] == "stable"
+    ]
+    keep = good[: max(0, int(replicas))]
+    remove = [r["name"] for r in considered if r["name"] not in keep]
+    return {"keep": keep, "start": int(replicas) - len(keep), "remove": remove}
+
+
+def batches(to_start: int, old: list[str], max_parallel: int) -> list[dict]:
+    """``{"start": n, "drain": [names]}`` per batch: MAX_PARALLEL new replicas start,
+    then as many old ones drain."""
+    max_parallel = max(1, int(max_parallel))
+    out = []
+    while to_start > 0 or old:
+        starts = min(max_parallel, to_start)
+        out.append({"start": starts, "drain": old[:max_parallel]})
+        to_start -= starts
+        old = old[max_parallel:]
+    return out
+
+
+def rolling_plan(current: list[dict], wanted_spec: str, replicas: int, max_parallel: int, role=None) -> dict:
+    """The batches of a rolling release of CURRENT to WANTED_SPEC, and the stopped
+    replicas to clear first."""
+    todo = plan(current, wanted_spec, replicas, role)
+    running = {r["name"] for r in current if r["status"] == "running"}
+    old = [n for n in todo["remove"] if n in running]
+    return {
+        "keep": todo["keep"],
+        "remove_stopped": [n for n in todo["remove"] if n not in running],
+        "batches": batches(todo["start"], old, max_parallel),
+    }
+
+
+def clone_spec(attrs: dict[str, Any], labels: dict[str, str]) -> dict:
+    """version, role, env, resources and network of a container (its ``attrs`` and
+    labels as dockerd gives them), to start its like."""
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
+    env = {k: v for k, v in env.items() if k not in OWN_ENV}
+    resources: dict[str, Any] = {}
+    if host.get("Memory"):
+        resources["memory"] = f"{host['Memory'] // (1024 * 1024)}m"
+    if host.get("NanoCpus"):
+        resources["cpus"] = host["NanoCpus"] / 1e9
+    networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    return {
+        "version": labels.get("cabify.version"),
+        "role": labels.get("cabify.role", "stable"),
+        "env": env,
+        "resources": resources,
+        "network": networks[0] if networks else None,
+    }

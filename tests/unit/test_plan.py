@@ -1,0 +1,83 @@
+"""The pool's plan (which replicas stay, how many start, which go), the batches of a
+rolling release, spec hashes and the spec of a running replica."""
+
+from __future__ import annotations
+
+from tests.unit.conftest import load
+
+plan = load("utils", "cabify_plan")
+
+
+def replica(name, version="1", status="running", env=None, role="stable"):
+    return {
+        "name": name,
+        "version": version,
+        "status": status,
+        "spec": plan.spec_hash(version, env),
+        "role": role,
+    }
+
+
+def test_converged_pool_needs_nothing():
+    current = [replica("a"), replica("b"), replica("c")]
+    assert plan.plan(current, plan.spec_hash("1"), 3) == {"keep": ["a", "b", "c"], "start": 0, "remove": []}
+
+
+def test_scale_up_and_down():
+    current = [replica("a"), replica("b"), replica("c")]
+    assert plan.plan(current, plan.spec_hash("1"), 5)["start"] == 2
+    assert plan.plan(current, plan.spec_hash("1"), 2) == {"keep": ["a", "b"], "start": 0, "remove": ["c"]}
+
+
+def test_new_version_or_env_replaces_every_replica():
+    current = [replica("a"), replica("b")]
+    assert plan.plan(current, plan.spec_hash("2"), 2) == {"keep": [], "start": 2, "remove": ["a", "b"]}
+    assert plan.plan(current, plan.spec_hash("1", {"X": "1"}), 2)["remove"] == ["a", "b"]
+
+
+def test_stopped_replicas_are_replaced_and_canaries_removed_unless_the_role_is_given():
+    current = [replica("a"), replica("b", status="exited"), replica("c", role="canary", version="2")]
+    assert plan.plan(current, plan.spec_hash("1"), 2) == {"keep": ["a"], "start": 1, "remove": ["b", "c"]}
+    assert plan.plan(current, plan.spec_hash("1"), 2, role="stable")["remove"] == ["b"]
+
+
+def test_spec_hash_is_the_same_for_the_same_values_whatever_their_types():
+    assert plan.spec_hash("1", {"A": 1}, {"cpus": 0.5}) == plan.spec_hash(1, {"A": "1"}, {"cpus": "0.5"})
+    assert plan.spec_hash("1", {"DRAIN_TIMEOUT": "5"}) != plan.spec_hash("1", {"DRAIN_TIMEOUT": "10"})
+
+
+def test_batches_start_before_they_drain_and_cover_everything():
+    assert plan.batches(3, ["a", "b", "c"], 1) == [
+        {"start": 1, "drain": ["a"]},
+        {"start": 1, "drain": ["b"]},
+        {"start": 1, "drain": ["c"]},
+    ]
+    assert plan.batches(4, ["a", "b"], 3) == [{"start": 3, "drain": ["a", "b"]}, {"start": 1, "drain": []}]
+    assert plan.batches(0, ["a"], 2) == [{"start": 0, "drain": ["a"]}]
+
+
+def test_rolling_plan_clears_stopped_replicas_first():
+    current = [replica("a"), replica("b", status="exited")]
+    steps = plan.rolling_plan(current, plan.spec_hash("2"), 2, 1)
+    assert steps["remove_stopped"] == ["b"] and [b["drain"] for b in steps["batches"]] == [["a"], []]
+
+
+def test_clone_spec_keeps_what_the_user_set_and_drops_what_the_pool_sets():
+    attrs = {
+        "Config": {
+            "Env": ["APP_VERSION=2", "INSTANCE=x", "PORT=8080", "PATH=/bin", "FAULT=slow", "DRAIN_TIMEOUT=5"]
+        },
+        "HostConfig": {"Memory": 128 * 1024 * 1024, "NanoCpus": 500_000_000},
+        "NetworkSettings": {"Networks": {"shop": {}}},
+    }
+    spec = plan.clone_spec(attrs, {"cabify.version": "2", "cabify.role": "canary"})
+    assert spec == {
+        "version": "2",
+        "role": "canary",
+        "env": {"FAULT": "slow", "DRAIN_TIMEOUT": "5"},
+        "resources": {"memory": "128m", "cpus": 0.5},
+        "network": "shop",
+    }
+    assert plan.spec_hash("2", spec["env"], spec["resources"]) == plan.spec_hash(
+        "2", {"FAULT": "slow", "DRAIN_TIMEOUT": "5"}, {"memory": "128m", "cpus": 0.5}
+    )
