@@ -16,7 +16,9 @@ Events ``salt/beacon/<minion>/cabify_docker/<pool>/<action>``, with data ``{"poo
   ``name``, ``version`` and ``exit_code``;
 - ``critical``: a running replica has been critical in Consul for 5 passes (``name``);
 - ``drift``: Consul and Docker disagree (``unregistered``: running replicas not
-  registered; ``stale``: registrations whose container is gone);
+  registered; ``stale``: registrations whose container is gone), or replicas died and
+  were not replaced (``dead``); reported when it changes and every 30 passes while
+  it stays;
 - ``orphan``: what a release that died left behind (canary replicas, weights) while
   no release holds the pool's lock, for 3 passes (again every 30 while it stays).
 
@@ -45,6 +47,7 @@ __virtualname__ = "cabify_docker"
 LABEL_POOL = "cabify.pool"
 CRITICAL_PASSES = 5
 ORPHAN_PASSES = 3
+REPEAT_PASSES = 30
 
 
 def __virtual__():
@@ -123,16 +126,21 @@ def _docker_events(memory: dict, pools: list[str] | None) -> list[dict]:
 
 
 def _drift(pool: str, replicas: list[dict], registered: dict, memory: dict) -> list[dict]:
-    """Running replicas missing from Consul, or this pool's registrations with no running replica."""
+    """Running replicas missing from Consul, this pool's registrations with no running
+    replica, and replicas that died and were not replaced."""
     live = {r["name"] for r in replicas if r["status"] == "running"}
+    dead = tuple(sorted(r["name"] for r in replicas if r["status"] in ("exited", "dead") and r["exit_code"]))
     ours = {sid for sid, reg in registered.items() if reg["pool"] == pool}
-    drift = (tuple(sorted(live - ours)), tuple(sorted(ours - live)))
-    before, memory["drift"][pool] = memory["drift"].get(pool), drift
-    if drift in (before, ((), ())):
+    drift = (tuple(sorted(live - ours)), tuple(sorted(ours - live)), dead)
+    before, passes = memory["drift"].get(pool, (None, 0))
+    passes = passes + 1 if drift == before else 0
+    memory["drift"][pool] = (drift, passes)
+    # Reported when it changes, and again every REPEAT_PASSES passes while it stays (a
+    # heal that a running release put off).
+    if drift == ((), (), ()) or passes % REPEAT_PASSES:
         return []
-    return [
-        {"tag": f"{pool}/drift", "pool": pool, "action": "drift", "unregistered": drift[0], "stale": drift[1]}
-    ]
+    event = {"tag": f"{pool}/drift", "pool": pool, "action": "drift"}
+    return [{**event, "unregistered": drift[0], "stale": drift[1], "dead": drift[2]}]
 
 
 def _critical(pool: str, registered: dict, memory: dict) -> list[dict]:
@@ -157,6 +165,6 @@ def _orphan(pool: str, memory: dict) -> list[dict]:
         log.debug("cabify_docker beacon: release state not readable: %s", err)
         return []
     count = memory["orphan"][pool] = memory["orphan"].get(pool, 0) + 1 if orphaned else 0
-    if count and count % 30 == ORPHAN_PASSES:  # again every 30 passes while it stays
+    if count and count % REPEAT_PASSES == ORPHAN_PASSES:  # again every 30 passes while it stays
         return [{"tag": f"{pool}/orphan", "pool": pool, "action": "orphan"}]
     return []

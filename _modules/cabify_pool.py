@@ -181,6 +181,11 @@ def set_weights(
         replicas = running(pool)
         new = sum(1 for r in replicas if r["spec"] == spec)
         counts = {"new": new, "old": len(replicas) - new}
+        if not new or not counts["old"]:
+            raise CommandExecutionError(
+                f"pool {pool} runs {new} replica(s) of spec {spec} and {counts['old']} other(s): "
+                "a share needs both"
+            )
     try:
         split = __utils__["cabify_weights.split"](share, counts["new"], counts["old"])
     except ValueError as err:
@@ -597,7 +602,8 @@ def heal(pool: str | None = None, replace_critical: bool = False) -> dict:
     version, role, env and resources, and, with REPLACE_CRITICAL, the running ones that
     are critical in Consul; remove replicas that were stopped on purpose (exit code 0,
     deregistered). Then reconcile Consul with Docker. Never looks at pillar: a heal
-    restores what ran, it does not release. Without POOL, every pool of this host.
+    restores what ran, it does not release. Without POOL, every pool of this host. A
+    pool that a release holds is left to it (the beacon reports what stays broken).
 
     CLI Example:
 
@@ -608,6 +614,11 @@ def heal(pool: str | None = None, replace_critical: bool = False) -> dict:
     """
     done = {}
     for name in [pool] if pool else pools():
+        running_release = _consul("lock_holder", __utils__["cabify_kv.lock"](name))
+        if running_release:
+            # The release owns the pool until it ends; the beacon asks again after.
+            done[name] = {"skipped": f"release {running_release.get('id')} holds pool {name}"}
+            continue
         with _host_lock(name):
             done[name] = _heal(name, replace_critical)
     return done[pool] if pool else done

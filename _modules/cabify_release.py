@@ -408,7 +408,7 @@ def check_canary(canary: dict | None) -> dict:
         salt-call cabify_release.check_canary '{steps: [{weight: 120, pause: 10}]}'
     """
     settings = {**DEFAULT_CANARY, **(canary or {})}
-    settings["analysis"] = {**__utils__["cabify_analysis.DEFAULTS"], **(settings.get("analysis") or {})}
+    settings["analysis"] = {**__utils__["cabify_analysis.defaults"](), **(settings.get("analysis") or {})}
     if not isinstance(settings["steps"], list) or not settings["steps"]:
         raise CommandExecutionError("canary:steps: must be a non-empty list of {weight, pause}")
     for number, step in enumerate(settings["steps"], start=1):
@@ -724,6 +724,9 @@ def recover(pool: str) -> dict:
 
         salt-call cabify_release.recover cabify
     """
+    current = holder(pool)
+    if current is not None:  # a running release: nothing is left behind
+        return {"skipped": f"release {current.get('id')} holds the lock"}
     with __utils__["cabify_hostlock.hold"](pool):
         current = holder(pool)
         if current is not None:

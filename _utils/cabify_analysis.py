@@ -20,6 +20,11 @@ DEFAULTS = {
 }
 
 
+def defaults() -> dict:
+    """The analysis settings a canary uses where it sets none."""
+    return dict(DEFAULTS)
+
+
 def percentile(ordered: list[float], q: float) -> float | None:
     """The Q-quantile (0..1) of the sorted list ORDERED, or None when it is empty."""
     if not ordered:

@@ -47,7 +47,7 @@ class LoadClient:
         port: int = 80,
         workers: int = 4,
         max_seconds: float = 300,
-        max_requests: int = 200_000,
+        max_requests: int = 10_000_000,
         timeout: float = 10,
         path: str = "/",
         keep_samples: bool = False,

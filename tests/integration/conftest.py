@@ -12,7 +12,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import consul, failed_states, haproxy_servers, pool_settled, versions_running, wait_for
+from tests.helpers import (
+    consul,
+    containers,
+    failed_states,
+    haproxy_servers,
+    kv_get,
+    pool_settled,
+    versions_running,
+    wait_for,
+)
 
 FAILPOINTS = pathlib.Path("/run/cabify/failpoints.json")
 
@@ -110,12 +119,36 @@ def converge_pool(
 
 # Back to a known pool quickly: every replica replaced in one batch.
 QUICK_RELEASE = {"max_parallel": 3, "min_healthy_time": 0}
+# What pillar/stack.sls and the formula's defaults make a replica of.
+STACK_SPEC = {"env": {"DRAIN_TIMEOUT": "5"}, "resources": {"memory": "128m", "cpus": 0.5}}
+
+
+def ensure_pool(salt_call_cli, pool: str = "cabify", version: str = "1", replicas: int = 3) -> None:
+    """The pool as pillar/stack.sls makes it at VERSION and REPLICAS, with no release
+    state left (lock, weights, canaries); converged only when the real services say
+    it is not so already."""
+    from tests.unit.conftest import load  # noqa: PLC0415
+
+    spec = load("utils", "cabify_plan").spec_hash(version, STACK_SPEC["env"], STACK_SPEC["resources"])
+    found = containers(pool, all=True)
+    if (
+        len(found) == replicas
+        and all(
+            c.labels.get("cabify.spec-hash") == spec and c.labels.get("cabify.role") == "stable"
+            for c in found
+        )
+        and pool_settled(replicas, pool)
+        and kv_get(f"cabify/weights/{pool}") is None
+        and kv_get(f"cabify/locks/{pool}") is None
+    ):
+        return
+    converge_pool(salt_call_cli, pool, version, replicas, release=QUICK_RELEASE)
 
 
 @pytest.fixture
 def pool_of_three(salt_call_cli, highstate):
     """Pool cabify at 3 replicas of version 1."""
-    converge_pool(salt_call_cli, release=QUICK_RELEASE)
+    ensure_pool(salt_call_cli)
 
 
 @pytest.fixture

@@ -114,6 +114,10 @@ def test_release_that_lost_its_lock_stops_before_the_next_one_acts(salt_call_cli
     release B starts at once. A stops at its next step and says so; B acts only once A
     has stopped, and finishes."""
     result: dict = {}
+    built = salt_call_cli.run(
+        "cabify_docker.build_image", "lock-b", "/var/cache/cabify/app", "cabify-base:bookworm"
+    )
+    assert built.returncode == 0, built.stderr
     first = threading.Thread(
         target=lambda: result.update(a=release(salt_call_cli, "lock-a", min_healthy_time=20))
     )
