@@ -9,10 +9,11 @@ pool ``shop``.
       cabify_desired:
         - prefix: cabify/desired/      # the default
 
-The value is a version (``3``) or JSON that names the strategy and the canary's
-settings too (``{"version": "3", "strategy": "canary", "canary": {...}}``). Event
+The value is a version (``3``) or JSON that names the strategy, the canary's settings
+and the release's settings too (``{"version": "3", "strategy": "canary", "canary":
+{...}, "settings": {"max_parallel": 2}}``). Event
 ``salt/beacon/<minion>/cabify_desired/<pool>`` with data ``{"pool", "key", "version",
-"previous"}`` (and ``strategy``, ``canary`` when the value named them). The first pass
+"previous"}`` (and ``strategy``, ``canary``, ``settings`` when the value named them). The first pass
 only remembers the values: a minion that starts does not release again what was
 already released.
 """
@@ -81,6 +82,7 @@ def _asked(value) -> dict | None:
         log.warning("cabify_desired beacon: %r names no version: no release", value)
         return None
     asked = {"version": str(value["version"]), "strategy": value.get("strategy", "rolling")}
-    if isinstance(value.get("canary"), dict):
-        asked["canary"] = value["canary"]
+    for key in ("canary", "settings"):
+        if isinstance(value.get(key), dict):
+            asked[key] = value[key]
     return asked

@@ -158,28 +158,6 @@ def wait_idle(backend: str, address: str, port: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def release_slot(backend: str, slot: str, address: str, port: int, timeout: float = 10) -> bool:
-    """
-    Put a drained slot back to ready once DNS has taken ADDRESS:PORT out of it: a slot
-    keeps its admin state, and a replica it received later would get no traffic.
-    True when released, False when DNS still names the address after TIMEOUT (the slot
-    is left for :py:func:`release_stuck_slots`).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call cabify_lb.release_slot cabify stable3 172.18.0.5 8080
-    """
-    deadline = time.monotonic() + timeout
-    while (found := servers(backend).get(f"{address}:{port}")) and found["name"] == slot:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    set_state(backend, slot, "ready")
-    return True
-
-
 # Admin state bits of `show servers state`: forced maintenance and forced drain, what
 # the runtime API sets (resolution or configuration set the others).
 _FORCED_MAINT = 0x01

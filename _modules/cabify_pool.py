@@ -370,6 +370,9 @@ def wait_healthy(
         for name in names:
             reg = registered.get(name) or {}
             server = lb.get(f"{reg.get('address')}:{reg.get('port')}") or {}
+            if server.get("state", "").startswith("DRAIN"):
+                # A slot that a drain left behind got this new replica: give it back.
+                _lb("set_state", pool, server["name"], "ready")
             if reg.get("status") == "passing" and server.get("state") == "UP":
                 healthy_since.setdefault(name, now)
             else:
@@ -413,6 +416,8 @@ def drain(pool: str, name: str, drain_timeout: float = 10, fence: dict | None = 
     (no new request), deregister it from Consul, wait until HAProxy shows no session on
     it (up to DRAIN_TIMEOUT), then stop it with SIGTERM (the app exits as soon as it is
     idle, at most its own DRAIN_TIMEOUT later) and remove it. Returns what it did.
+    HAProxy's slot stays drained until DNS refills it (see :py:func:`wait_healthy`)
+    or :py:func:`reconcile` finds it empty.
 
     CLI Example:
 
@@ -434,8 +439,8 @@ def drain(pool: str, name: str, drain_timeout: float = 10, fence: dict | None = 
     _failpoint("pool.drain")
     check_fence(fence)
     _docker("stop_replica", name, max(1.0, drain_timeout - (time.monotonic() - started)) + 2)
-    if slot:
-        _lb("release_slot", pool, slot, replica["address"], replica["port"])
+    # The slot stays in drain until DNS gives it another replica (wait_healthy puts it
+    # back to ready) or reconcile finds it empty: nobody waits for DNS here.
     log.info(
         "cabify: pool %s: drained and removed %s (%s)",
         pool,

@@ -17,6 +17,7 @@ Run with `make bench`, or alone:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
 import time
@@ -47,12 +48,13 @@ def run(name: str, version: str, env: dict, args) -> dict:
         ended = time.monotonic()
         time.sleep(args.settle)
     events.stop()
-    state = next((v for k, v in (ret.get("local") or {}).items() if "pool-converged" in k), {})
+    state = next((v for k, v in (ret.get("local") or {}).items() if "pool-cabify-converged" in k), {})
     return summary(name, version, load, t0, (started, ended), events.events, state)
 
 
 def summary(name, version, load, t0, release, events, state) -> dict:
     marks = []  # (seconds, configured canary weight)
+    promoting = None
     figures = []  # (seconds, canary error rate seen by the analysis)
     for at, tag, event in events:
         data = event.get("data", event)  # a minion's event.send arrives wrapped
@@ -62,6 +64,8 @@ def summary(name, version, load, t0, release, events, state) -> dict:
             marks.append((at - t0, data["weight"]))
         elif step in ("aborting", "promoting"):
             marks.append((at - t0, 0 if step == "aborting" else None))
+            if step == "promoting":
+                promoting = at - t0
         elif step == "analysis" and live.get("figures", {}).get("canary"):
             figures.append((at - t0, live["figures"]["canary"]["error_rate"]))
     steps = []
@@ -73,8 +77,23 @@ def summary(name, version, load, t0, release, events, state) -> dict:
         share = sum(1 for v in window if v == version) / len(window) if window else None
         steps.append({"weight": weight, "start_s": round(start, 1), "end_s": round(end, 1), "share": share})
     latencies = [lat for _, lat, _ in load.samples]
+    promotion = None
+    if promoting is not None:
+        # The new version's share, second by second, from promotion to the release's end.
+        shares = []
+        for second in range(int(promoting), int(release[1] - t0) + 1):
+            window = [v for t, _, v in load.samples if second <= t - t0 < second + 1]
+            if window:
+                shares.append(round(100 * sum(1 for v in window if v == version) / len(window), 1))
+        steps_back = [b - a for a, b in itertools.pairwise(shares) if b < a]
+        promotion = {
+            "start_s": round(promoting, 1),
+            "share_per_second": shares,
+            "largest_step_back": min(steps_back, default=0),
+        }
     return {
         "run": name,
+        "promotion": promotion,
         "version": version,
         "result": state.get("result"),
         "comment": state.get("comment"),

@@ -29,10 +29,10 @@ def salt_call(*args: str, check: bool = True) -> dict:
     return json.loads(done.stdout or "{}")
 
 
-def pool_pillar(version: str, replicas: int, **cabify) -> str:
-    """The `pillar=` of a salt-call that runs REPLICAS of VERSION (and any other key of
-    pillar cabify)."""
-    return json.dumps({"cabify": {"version": version, "replicas": replicas, **cabify}})
+def pool_pillar(version: str, replicas: int, pool: str = "cabify", **settings) -> str:
+    """The `pillar=` of a salt-call that runs REPLICAS of VERSION in POOL (and any other
+    setting of the pool, cabify:pools:<pool>)."""
+    return json.dumps({"cabify": {"pools": {pool: {"version": version, "replicas": replicas, **settings}}}})
 
 
 class ReleaseEvents:

@@ -21,6 +21,8 @@ import argparse
 import json
 import pathlib
 import statistics
+import subprocess
+import sys
 import time
 
 from common import REPO, LoadClient, ReleaseEvents, percentile, pool_pillar, rolling_phases, salt_call
@@ -103,6 +105,71 @@ def plot(load: LoadClient, t0: float, result: dict, path: pathlib.Path, title: s
     fig.savefig(path, dpi=100)
 
 
+def careful_baseline(args) -> dict:
+    """The hand-made careful rolling (bench/careful.py) under the same load, on replicas
+    of its own: the pool's are scaled to 0 first and back after."""
+    careful = [sys.executable, str(REPO / "bench" / "careful.py")]
+    common = [
+        "--replicas",
+        str(args.replicas),
+        "--version",
+        args.from_version,
+        "--to-version",
+        args.to_version,
+    ]
+    print("bench: baseline, a careful rolling release by hand (bench/careful.py)", flush=True)
+    salt_call("state.apply", "cabify", f"pillar={pool_pillar(args.from_version, 0)}")
+    subprocess.run([*careful, "setup", *common], check=True)
+    with LoadClient(workers=args.workers, max_seconds=900, keep_samples=True) as load:
+        time.sleep(args.settle)
+        done = subprocess.run([*careful, "release", *common], check=True, capture_output=True, text=True)
+        time.sleep(args.settle)
+    subprocess.run([*careful, "teardown", *common], check=True)
+    baseline = json.loads(done.stdout)
+    latencies = [lat for _, lat, _ in load.samples]
+    return {
+        **baseline,
+        "requests": load.result.requests,
+        "failed": load.result.failed,
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.5) * 1000, 2),
+            "p99": round(percentile(latencies, 0.99) * 1000, 2),
+        },
+    }
+
+
+def release_under_load(args, min_healthy_time: float) -> tuple[dict, LoadClient, float]:
+    """This project's rolling release (state.apply) under load."""
+    quick = {"max_parallel": 3, "min_healthy_time": 0}
+    salt_call(
+        "state.apply", "cabify", f"pillar={pool_pillar(args.from_version, args.replicas, release=quick)}"
+    )
+    events = ReleaseEvents()
+    with LoadClient(workers=args.workers, max_seconds=900, keep_samples=True) as load:
+        t0 = time.monotonic()
+        time.sleep(args.settle)  # load before the release: the baseline of the plot
+        to = f"{args.from_version} -> {args.to_version}"
+        print(f"bench: releasing {to} under load, min_healthy_time {min_healthy_time}", flush=True)
+        started = time.monotonic()
+        release = {"max_parallel": args.max_parallel, "min_healthy_time": min_healthy_time}
+        salt_call(
+            "state.apply", "cabify", f"pillar={pool_pillar(args.to_version, args.replicas, release=release)}"
+        )
+        ended = time.monotonic()
+        time.sleep(args.settle)
+    events.stop()
+    result = summary(load, t0, (started, ended), events.events)
+    result["release_s"] = release_span(events.events)
+    return result, load, t0
+
+
+def release_span(events: list) -> float | None:
+    """Seconds from the release's start event to its end event (the release itself,
+    without salt-call's own start-up)."""
+    times = {tag.rsplit("/", 1)[-1]: at for at, tag, _ in events if tag.startswith("cabify/release/")}
+    return round(times["end"] - times["start"], 2) if "start" in times and "end" in times else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--replicas", type=int, default=3)
@@ -117,27 +184,31 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    print(f"bench: images and pool at version {args.from_version} ({args.replicas} replicas)", flush=True)
-    salt_call("state.apply", "cabify.install", f"pillar={pool_pillar(args.to_version, args.replicas)}")
-    salt_call("state.apply", "cabify", f"pillar={pool_pillar(args.from_version, args.replicas)}")
+    print(f"bench: images of {args.from_version} and {args.to_version}", flush=True)
+    for version in (args.from_version, args.to_version):
+        salt_call("state.apply", "cabify.install", f"pillar={pool_pillar(version, args.replicas)}")
 
-    events = ReleaseEvents()
-    with LoadClient(workers=args.workers, max_seconds=900, max_requests=10**8, keep_samples=True) as load:
-        t0 = time.monotonic()
-        time.sleep(args.settle)  # load before the release: the baseline of the plot
-        print(f"bench: releasing {args.from_version} -> {args.to_version} under load", flush=True)
-        started = time.monotonic()
-        pillar = pool_pillar(args.to_version, args.replicas, release={"max_parallel": args.max_parallel})
-        salt_call("state.apply", "cabify", f"pillar={pillar}")
-        ended = time.monotonic()
-        time.sleep(args.settle)
-    events.stop()
-
-    result = summary(load, t0, (started, ended), events.events)
-    result["settings"] = vars(args) | {"out": str(args.out)}
-    (args.out / "rolling.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(load, t0, result, args.out / "rolling.png", f"rolling {args.from_version} -> {args.to_version}")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("phases", "settings")}, indent=2))
+    baseline = careful_baseline(args)
+    results = {"careful_by_hand": baseline}
+    for min_healthy_time in (0, 3):
+        result, load, t0 = release_under_load(args, min_healthy_time)
+        results[f"min_healthy_time_{min_healthy_time}"] = result
+        if min_healthy_time == 3:
+            plot(
+                load,
+                t0,
+                result,
+                args.out / "rolling.png",
+                f"rolling {args.from_version} -> {args.to_version}",
+            )
+    results["settings"] = vars(args) | {"out": str(args.out)}
+    (args.out / "rolling.json").write_text(json.dumps(results, indent=2) + "\n")
+    brief = {
+        k: {kk: vv for kk, vv in v.items() if kk not in ("phases", "failures")}
+        for k, v in results.items()
+        if k != "settings"
+    }
+    print(json.dumps(brief, indent=2))
 
     print("bench: back to the pillar's own version", flush=True)
     salt_call("state.apply", "cabify")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import FRONTEND, consul, failed_states, haproxy_info, http, running_replicas
+from tests.helpers import FRONTEND, consul, failed_states, haproxy_info, http, running_replicas, wait_for
+from tests.integration.conftest import StandInReplica, haproxy_server_up
 
 LIVE_FILES = ["/etc/haproxy/haproxy.cfg", "/etc/consul.d/consul.json", "/etc/docker/daemon.json"]
 
@@ -68,6 +70,16 @@ def _digest(path: str) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
+def _running() -> dict:
+    """What must not change: live config files, HAProxy's process, the pools, Consul's leader."""
+    return {
+        "files": {path: _digest(path) for path in LIVE_FILES},
+        "haproxy": haproxy_info()["Pid"],
+        "replicas": {pool: running_replicas(pool) for pool in ("cabify", "shop")},
+        "leader": consul("GET", "/v1/status/leader"),
+    }
+
+
 def _serving(replica) -> None:
     answers = [http("GET", FRONTEND + "/") for _ in range(10)]
     assert all(status == 200 for status, _ in answers), answers
@@ -76,21 +88,42 @@ def _serving(replica) -> None:
     assert replica.instance in services, f"consul lost {replica.instance}: {sorted(services)}"
 
 
-@pytest.mark.parametrize(("formula", "pillar", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_pillar_names_key_and_changes_nothing(salt_call_cli, stand_in_replica, formula, pillar, message):
-    files_before = {path: _digest(path) for path in LIVE_FILES}
-    replicas_before = running_replicas()
-    haproxy_pid = haproxy_info()["Pid"]
-    consul_leader = consul("GET", "/v1/status/leader")
-    _serving(stand_in_replica)
+@pytest.fixture(scope="module")
+def bad_pillar_runs(salt_minion, highstate):
+    """Every case applied at once (Salt's `concurrent`, each from its own salt-call),
+    with a stand-in replica served through HAProxy before and after."""
+    replica = StandInReplica("test-stand-in-bad-pillar")
+    replica.register()
+    try:
+        wait_for(lambda: haproxy_server_up(replica.port), 30, f"{replica.instance} UP in HAProxy's stats")
+        _serving(replica)
+        before = _running()
 
-    ret = salt_call_cli.run("state.apply", formula, pillar=pillar)
+        def run(case):
+            _, formula, pillar, _ = case
+            cli = salt_minion.salt_call_cli(timeout=300)  # one CLI object runs one command at a time
+            return cli.run("state.apply", formula, pillar=pillar, concurrent=True)
 
+        with ThreadPoolExecutor(max_workers=4) as workers:
+            results = dict(zip([c[0] for c in CASES], workers.map(run, CASES), strict=True))
+        after = _running()
+        _serving(replica)
+        yield results, before, after
+    finally:
+        replica.deregister()
+        replica.stop()
+
+
+@pytest.mark.parametrize(
+    ("case", "formula", "message"), [(c[0], c[1], c[3]) for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_pillar_names_key_and_changes_nothing(bad_pillar_runs, case, formula, message):
+    results, before, after = bad_pillar_runs
+    ret = results[case]
     assert ret.returncode != 0, f"state.apply {formula} with bad pillar succeeded"
     errors = "\n".join(failed_states(ret.data).values()) if isinstance(ret.data, dict) else str(ret.data)
     assert message in errors, f"expected {message!r} in the error, got:\n{errors or ret.stderr}"
-    assert {path: _digest(path) for path in LIVE_FILES} == files_before, "a live config file changed"
-    assert haproxy_info()["Pid"] == haproxy_pid, "HAProxy was restarted or reloaded"
-    assert running_replicas() == replicas_before, "the running pool changed"
-    assert consul("GET", "/v1/status/leader") == consul_leader
-    _serving(stand_in_replica)
+    assert after["files"] == before["files"], "a live config file changed"
+    assert after["haproxy"] == before["haproxy"], "HAProxy was restarted or reloaded"
+    assert after["replicas"] == before["replicas"], "a running pool changed"
+    assert after["leader"] == before["leader"]

@@ -6,7 +6,6 @@ request."""
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -53,9 +52,12 @@ def manual_canary_lock() -> Iterator[None]:
     canary replicas with no release holding the lock are what a dead release left
     behind, and the heal removes them."""
     session = consul(
-        "PUT", "/v1/session/create", {"Name": "test manual canary", "TTL": "60s", "Behavior": "delete"}
+        "PUT",
+        "/v1/session/create",
+        # No lock delay: a release may take the lock as soon as the test lets go.
+        {"Name": "test manual canary", "TTL": "60s", "Behavior": "delete", "LockDelay": "0s"},
     )
-    holder = json.dumps({"id": "test-manual-canary", "strategy": "manual", "to": "canary-share"})
+    holder = {"id": "test-manual-canary", "strategy": "manual", "to": "canary-share"}
     assert consul("PUT", f"/v1/kv/cabify/locks/cabify?acquire={session['ID']}", holder) is True
     try:
         yield
@@ -285,7 +287,13 @@ def test_operator_abort_mid_step_rolls_back(salt_call_cli, salt_run_cli, stable_
 
 def test_release_event_can_ask_for_a_canary(salt_call_cli, stable_pool):
     settings = {"replicas": 1, "steps": [{"weight": 20, "pause": 2}], "analysis": QUICK_ANALYSIS}
-    data = {"pool": "cabify", "version": "c-event", "strategy": "canary", "canary": settings}
+    data = {
+        "pool": "cabify",
+        "version": "c-event",
+        "strategy": "canary",
+        "canary": settings,
+        "settings": QUICK_RELEASE,
+    }
     with LoadClient(max_seconds=300) as load:
         assert salt_call_cli.run("event.send", "cabify/release/request", data=data).returncode == 0
         record = wait_release_end("c-event")

@@ -49,7 +49,9 @@ def apply(salt_call_cli, *args, **kwargs):
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
-def test_formula_converges_from_nothing(salt_call_cli, highstate, formula):
+def test_formula_converges_from_nothing_then_has_nothing_to_do(salt_call_cli, highstate, formula):
+    """clean, then apply: the formula changes things and its service answers; a second
+    apply changes nothing, and a dry run says there is nothing to do."""
     ret = apply(salt_call_cli, f"{formula}.clean")
     assert not failed_states(ret.data), f"{formula}.clean failed: {failed_states(ret.data)}"
 
@@ -58,19 +60,11 @@ def test_formula_converges_from_nothing(salt_call_cli, highstate, formula):
     assert changed_states(ret.data), f"{formula} changed nothing after {formula}.clean"
     assert wait_for(SERVICE_UP[formula], 30, f"{formula}'s service to answer after converging")
 
-
-@pytest.mark.parametrize("formula", FORMULAS)
-def test_formula_second_apply_changes_nothing(salt_call_cli, highstate, formula):
-    apply(salt_call_cli, formula)
     ret = apply(salt_call_cli, formula)
     assert ret.returncode == 0 and not failed_states(ret.data), failed_states(ret.data)
-    assert changed_states(ret.data) == {}
+    assert changed_states(ret.data) == {}, "a second apply changed something"
 
-
-@pytest.mark.parametrize("formula", FORMULAS)
-def test_formula_dry_run_on_converged_host_reports_nothing(salt_call_cli, highstate, formula):
     ret = apply(salt_call_cli, formula, test=True)
-    assert ret.returncode == 0
     not_true = {k: (v["result"], v["comment"]) for k, v in ret.data.items() if v["result"] is not True}
     assert not_true == {}, f"test=True on a converged host should be all True: {not_true}"
     assert changed_states(ret.data) == {}

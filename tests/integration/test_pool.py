@@ -21,7 +21,7 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
-from tests.integration.conftest import converge_pool
+from tests.integration.conftest import QUICK_RELEASE, converge_pool
 from tests.load import LoadClient
 
 # A registration as the pool makes them, whose container is gone (port 9: discard).
@@ -132,10 +132,9 @@ def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_call_cli, poo
         LoadClient(port=PORTS["shop"], max_seconds=240) as shop_load,
         LoadClient(port=PORTS["cabify"], max_seconds=240) as cabify_load,
     ):
-        converge_pool(salt_call_cli, "shop", replicas=3)  # scaled
         converge_pool(
-            salt_call_cli, "shop", version="2", replicas=3, release={"min_healthy_time": 0}
-        )  # released
+            salt_call_cli, "shop", version="2", replicas=3, release=QUICK_RELEASE
+        )  # scaled, released
         victim = sorted(running_replicas("shop"))[0]
         subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
         wait_for(
@@ -154,4 +153,4 @@ def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_call_cli, poo
     services = consul("GET", "/v1/agent/services")
     assert {services[name]["Service"] for name in running_replicas("shop")} == {"shop"}
     assert len([s for s in haproxy_servers("shop") if s["status"] == "UP"]) == 3
-    converge_pool(salt_call_cli, "shop", version="1", replicas=2)
+    converge_pool(salt_call_cli, "shop", version="1", replicas=2, release=QUICK_RELEASE)

@@ -9,10 +9,10 @@ import time
 
 from tests.helpers import (
     CONSUL,
-    consul,
     failed_states,
     http,
     kv_get,
+    kv_tree,
     last_release,
     pool_settled,
     pool_state,
@@ -20,6 +20,7 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
+from tests.integration.conftest import QUICK_RELEASE
 from tests.load import LoadClient
 
 FAST = {"min_healthy_time": 1, "healthy_deadline": 15}
@@ -73,7 +74,7 @@ def test_failed_releases_are_reverted(salt_call_cli, pool_of_three):
     before = running_replicas()
     with LoadClient(max_seconds=240) as load:
         for fault, why in (("unhealthy", "not healthy"), ("crash", "crashed")):
-            ret = release(salt_call_cli, "3", env={"FAULT": fault, "CRASH_AFTER": "1"})
+            ret = release(salt_call_cli, "3", env={"FAULT": fault, "CRASH_AFTER": "1"}, healthy_deadline=5)
             assert ret.returncode != 0, f"a release with FAULT={fault} succeeded"
             wait_for(lambda: pool_settled(3), 30, "the pool back to 3 registered, UP replicas")
             assert running_replicas() == before, "version 1 replicas were replaced"
@@ -87,7 +88,7 @@ def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, pool_of_t
     results = {}
 
     def slow_release():
-        results["first"] = release(salt_call_cli, "4", min_healthy_time=6)
+        results["first"] = release(salt_call_cli, "4", min_healthy_time=6, max_parallel=3)
 
     first = threading.Thread(target=slow_release)
     first.start()
@@ -129,9 +130,8 @@ def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, pool_of_
 
 def test_event_triggers_a_release(salt_call_cli, pool_of_three):
     version = unique_version("ev")
-    ret = salt_call_cli.run(
-        "event.send", "cabify/release/request", data={"pool": "cabify", "version": version}
-    )
+    data = {"pool": "cabify", "version": version, "settings": QUICK_RELEASE}
+    ret = salt_call_cli.run("event.send", "cabify/release/request", data=data)
     assert ret.returncode == 0, ret.stderr
     assert wait_release_end(version)["result"] == "succeeded"
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
@@ -139,19 +139,20 @@ def test_event_triggers_a_release(salt_call_cli, pool_of_three):
 
 def test_kv_desired_version_triggers_exactly_one_release(pool_of_three):
     version = unique_version("kv")
-    status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/cabify", version.encode())
+    value = {"version": version, "settings": QUICK_RELEASE}
+    status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/cabify", value)
     assert status == 200
     assert wait_release_end(version)["result"] == "succeeded"
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
-    records = consul("GET", "/v1/kv/cabify/history/cabify/?recurse=true")
-    assert (
-        sum(1 for r in records if f'"to": "{version}"' in __import__("base64").b64decode(r["Value"]).decode())
-        == 1
-    )
+    releases = [r for r in kv_tree("cabify/history/cabify/").values() if r["to"] == version]
+    assert len(releases) == 1, f"one change of the key made {len(releases)} releases"
 
 
 def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, pool_of_three):
-    pillar = {"release": {"pool": "cabify", "version": "7", "env": {"FAULT": "unhealthy"}, "settings": FAST}}
+    settings = FAST | {"healthy_deadline": 5}
+    pillar = {
+        "release": {"pool": "cabify", "version": "7", "env": {"FAULT": "unhealthy"}, "settings": settings}
+    }
     ret = salt_run_cli.run("state.orchestrate", "orch.rolling", pillar=pillar)
     assert ret.returncode != 0, "orch.rolling reported success for a host whose release failed"
     assert versions_running() == {"1": 3}
