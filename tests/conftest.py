@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -43,14 +45,43 @@ def salt_minion(salt_master):
         yield factory
 
 
+class TimedCli:
+    """A salt CLI whose runs are timed: the suite's summary says where the time went."""
+
+    calls: ClassVar[list[tuple[str, float]]] = []
+
+    def __init__(self, cli):
+        self._cli = cli
+
+    def run(self, *args, **kwargs):
+        started = time.monotonic()
+        try:
+            return self._cli.run(*args, **kwargs)
+        finally:
+            TimedCli.calls.append((" ".join(str(a) for a in args[:1]), time.monotonic() - started))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TimedCli.calls:
+        total = sum(seconds for _, seconds in TimedCli.calls)
+        by_function: dict[str, list[float]] = {}
+        for function, seconds in TimedCli.calls:
+            by_function.setdefault(function, []).append(seconds)
+        top = sorted(by_function.items(), key=lambda item: -sum(item[1]))[:8]
+        terminalreporter.write_line(
+            f"salt CLI runs: {len(TimedCli.calls)}, {total:.0f}s in all; by function: "
+            + ", ".join(f"{name} {len(times)}x {sum(times):.0f}s" for name, times in top)
+        )
+
+
 @pytest.fixture(scope="session")
 def salt_call_cli(salt_minion):
-    return salt_minion.salt_call_cli(timeout=900)
+    return TimedCli(salt_minion.salt_call_cli(timeout=900))
 
 
 @pytest.fixture(scope="session")
 def salt_run_cli(salt_master):
-    return salt_master.salt_run_cli(timeout=300)
+    return TimedCli(salt_master.salt_run_cli(timeout=300))
 
 
 @pytest.fixture(scope="session")
