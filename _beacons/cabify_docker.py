@@ -11,14 +11,14 @@ Watch this host's pools and fire when one needs healing.
 Events ``salt/beacon/<minion>/cabify_docker/<pool>/<action>``, with data ``{"pool",
 "action", ...}``:
 
-- ``start``: a replica started (it must be registered in Consul);
-- ``die``: a replica stopped or was killed (it must be replaced or forgotten), with
-  ``name``, ``version`` and ``exit_code``;
+- ``die``: a replica died (killed, crashed: a non-zero exit code) and must be
+  replaced, with ``name``, ``version`` and ``exit_code``; a replica stopped on purpose
+  (drained, exit code 0) is no event;
 - ``critical``: a running replica has been critical in Consul for 5 passes (``name``);
 - ``drift``: Consul and Docker disagree (``unregistered``: running replicas not
   registered; ``stale``: registrations whose container is gone), or replicas died and
-  were not replaced (``dead``); reported when it changes and every 30 passes while
-  it stays;
+  were not replaced (``dead``); reported once it stayed 3 passes, and every 30
+  passes while it stays;
 - ``orphan``: what a release that died left behind (canary replicas, weights) while
   no release holds the pool's lock, for 3 passes (again every 30 while it stays).
 
@@ -46,6 +46,7 @@ __virtualname__ = "cabify_docker"
 
 LABEL_POOL = "cabify.pool"
 CRITICAL_PASSES = 5
+DRIFT_PASSES = 3
 ORPHAN_PASSES = 3
 REPEAT_PASSES = 30
 
@@ -92,20 +93,22 @@ def beacon(config) -> list[dict]:
 
 
 def _docker_events(memory: dict, pools: list[str] | None) -> list[dict]:
-    """``start`` and ``die`` of the pools' containers since the last pass."""
+    """Deaths (non-zero exit codes) of the pools' containers since the last pass. A
+    release starts and drains many replicas: those are no events, so that a release
+    does not set off a heal a replica."""
     until = int(time.time()) + 1
     stream = docker.from_env(timeout=10).events(
         since=memory["since"],
         until=until,
         decode=True,
-        filters={"type": "container", "label": LABEL_POOL, "event": ["start", "die"]},
+        filters={"type": "container", "label": LABEL_POOL, "event": ["die"]},
     )
     found = []
     for event in stream:
         key = (event.get("id"), event.get("Action"), event.get("timeNano"))
         attrs = event.get("Actor", {}).get("Attributes", {})
         pool = attrs.get(LABEL_POOL)
-        if key in memory["seen"] or (pools and pool not in pools):
+        if key in memory["seen"] or (pools and pool not in pools) or attrs.get("exitCode", "0") == "0":
             continue
         memory["seen"].add(key)
         found.append(
@@ -135,9 +138,10 @@ def _drift(pool: str, replicas: list[dict], registered: dict, memory: dict) -> l
     before, passes = memory["drift"].get(pool, (None, 0))
     passes = passes + 1 if drift == before else 0
     memory["drift"][pool] = (drift, passes)
-    # Reported when it changes, and again every REPEAT_PASSES passes while it stays (a
-    # heal that a running release put off).
-    if drift == ((), (), ()) or passes % REPEAT_PASSES:
+    # Reported once it has stayed DRIFT_PASSES passes (a release registers what it
+    # starts a moment later: that is no drift), and again every REPEAT_PASSES passes
+    # while it stays (a heal that a running release put off).
+    if drift == ((), (), ()) or passes % REPEAT_PASSES != DRIFT_PASSES:
         return []
     event = {"tag": f"{pool}/drift", "pool": pool, "action": "drift"}
     return [{**event, "unregistered": drift[0], "stale": drift[1], "dead": drift[2]}]

@@ -563,26 +563,14 @@ def converge(
         except Exception:
             # Nothing half-done: the new replicas go, the old ones were never touched.
             for name in started:
-                _best_effort(f"removing new replica {name}", drain, pool, name, drain_timeout=0)
+                __utils__["cabify_retry.quietly"](
+                    f"removing new replica {name}", drain, pool, name, drain_timeout=0
+                )
             raise
         for name in todo["remove"]:
             drain(pool, name, drain_timeout=drain_timeout)
         reconciled = reconcile(pool)
     return {"started": started, "removed": todo["remove"], "reconciled": reconciled}
-
-
-def _best_effort(what: str, func, *args, attempts: int = 3, **kwargs) -> Any:
-    """Run FUNC up to ATTEMPTS times; log and return None when it keeps failing (a
-    cleanup path must go on with the rest)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - whatever the service raised, try again
-            log.warning("cabify: %s failed (attempt %s of %s): %s", what, attempt, attempts, err)
-            if attempt == attempts:
-                return None
-            time.sleep(0.5 * attempt)
-    return None
 
 
 # --- self-healing ------------------------------------------------------------------------------

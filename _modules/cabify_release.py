@@ -215,27 +215,11 @@ def _lock_still_held(fence: dict) -> bool:
 
 
 def _quietly(what: str, func, *args, **kwargs) -> Any:
-    """:func:`_best_effort` that logs a last failure instead of raising it: for the
-    bookkeeping that must not hide the release's own outcome."""
-    try:
-        return _best_effort(what, func, *args, **kwargs)
-    except Exception as err:  # noqa: BLE001 - logged; the release's own result stands
-        log.error("cabify release: %s failed for good: %s", what, err)
-        return None
+    return __utils__["cabify_retry.quietly"](what, func, *args, **kwargs)
 
 
-def _best_effort(what: str, func, *args, attempts: int = 3, **kwargs) -> Any:
-    """Run FUNC up to ATTEMPTS times; on failure log and return None, so that a cleanup
-    goes on with the rest. The errors are collected by the caller from the log."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return func(*args, **kwargs)
-        except Exception as err:
-            log.warning("cabify release: %s failed (attempt %s of %s): %s", what, attempt, attempts, err)
-            if attempt == attempts:
-                raise
-            time.sleep(0.5 * attempt)
-    return None
+def _best_effort(what: str, func, *args, **kwargs) -> Any:
+    return __utils__["cabify_retry.retried"](what, func, *args, **kwargs)
 
 
 # --- rolling -----------------------------------------------------------------------------------

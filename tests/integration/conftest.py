@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -123,32 +124,50 @@ QUICK_RELEASE = {"max_parallel": 3, "min_healthy_time": 0}
 STACK_SPEC = {"env": {"DRAIN_TIMEOUT": "5"}, "resources": {"memory": "128m", "cpus": 0.5}}
 
 
-def ensure_pool(salt_call_cli, pool: str = "cabify", version: str = "1", replicas: int = 3) -> None:
-    """The pool as pillar/stack.sls makes it at VERSION and REPLICAS, with no release
-    state left (lock, weights, canaries); converged only when the real services say
-    it is not so already."""
+def ensure_pool(salt_call_cli, pool: str = "cabify", version: str | None = "1", replicas: int = 3) -> str:
+    """The pool as pillar/stack.sls makes it, at VERSION (any one version when None) and
+    REPLICAS, with no release state left (lock, weights, canaries): converged only when
+    the real services say it is not so already. Returns the version that runs."""
     from tests.unit.conftest import load  # noqa: PLC0415
 
-    spec = load("utils", "cabify_plan").spec_hash(version, STACK_SPEC["env"], STACK_SPEC["resources"])
+    spec_hash = load("utils", "cabify_plan").spec_hash
     found = containers(pool, all=True)
+    running = {c.labels.get("cabify.version") for c in found}
     if (
         len(found) == replicas
+        and len(running) == 1
+        and (version is None or running == {version})
         and all(
-            c.labels.get("cabify.spec-hash") == spec and c.labels.get("cabify.role") == "stable"
+            c.labels.get("cabify.role") == "stable"
+            and c.labels.get("cabify.spec-hash")
+            == spec_hash(c.labels.get("cabify.version"), STACK_SPEC["env"], STACK_SPEC["resources"])
             for c in found
         )
         and pool_settled(replicas, pool)
         and kv_get(f"cabify/weights/{pool}") is None
         and kv_get(f"cabify/locks/{pool}") is None
     ):
-        return
-    converge_pool(salt_call_cli, pool, version, replicas, release=QUICK_RELEASE)
+        return running.pop()
+    converge_pool(salt_call_cli, pool, version or "1", replicas, release=QUICK_RELEASE)
+    return version or "1"
+
+
+def unique_version(prefix: str) -> str:
+    """A version no test released before: every release test goes forward."""
+    return f"{prefix}{int(time.time() * 1000) % 100_000_000}"
 
 
 @pytest.fixture
 def pool_of_three(salt_call_cli, highstate):
     """Pool cabify at 3 replicas of version 1."""
     ensure_pool(salt_call_cli)
+
+
+@pytest.fixture
+def steady(salt_call_cli, highstate) -> str:
+    """Pool cabify at 3 stable replicas of one version, whichever the last test left
+    (release tests go forward from it instead of going back first); that version."""
+    return ensure_pool(salt_call_cli, version=None)
 
 
 @pytest.fixture

@@ -19,24 +19,25 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
+from tests.integration.conftest import unique_version
 from tests.integration.test_canary import canary_pillar, canary_state
 from tests.integration.test_release import release
 from tests.load import LoadClient
 
 
-def assert_pool_whole() -> None:
+def assert_pool_whole(version: str) -> None:
     wait_for(lambda: pool_settled(3), 30, "the pool back to 3 registered replicas, UP in HAProxy")
-    assert versions_running() == {"1": 3}
+    assert versions_running() == {version: 3}
     assert kv_get("cabify/weights/cabify") is None, "stale weights left in KV"
 
 
-def test_drain_failing_mid_release_gives_the_old_replica_back(salt_call_cli, pool_of_three, failpoints):
+def test_drain_failing_mid_release_gives_the_old_replica_back(salt_call_cli, steady, failpoints):
     before = running_replicas()
     failpoints({"pool.drain": {"action": "docker-error", "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_call_cli, "f-drain")
+        ret = release(salt_call_cli, unique_version("f-drain-"))
         assert ret.returncode != 0, "a release whose drain failed succeeded"
-        assert_pool_whole()
+        assert_pool_whole(steady)
     load.assert_served()
     assert running_replicas() == before, "the old replica that failed to drain was not given back"
     record = last_release()
@@ -45,7 +46,7 @@ def test_drain_failing_mid_release_gives_the_old_replica_back(salt_call_cli, poo
     )
 
 
-def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, pool_of_three, failpoints):
+def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, steady, failpoints):
     """The release fails after its first drain; the revert's first attempt to give that
     replica back fails too (dockerd errs), and its retry does."""
     failpoints(
@@ -55,9 +56,9 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, poo
         }
     )
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_call_cli, "f-revert")
+        ret = release(salt_call_cli, unique_version("f-revert-"))
         assert ret.returncode != 0
-        assert_pool_whole()
+        assert_pool_whole(steady)
     load.assert_served()
     record = last_release()
     assert record["result"] == "failed" and "release.drain" in record["reason"], record
@@ -69,30 +70,31 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, poo
     [("release.canary-step", "consul-error"), ("docker.start", "docker-error")],
 )
 def test_docker_or_consul_error_during_a_canary_aborts_it(
-    salt_call_cli, pool_of_three, failpoints, failpoint, action
+    salt_call_cli, steady, failpoints, failpoint, action
 ):
     failpoints({failpoint: {"action": action, "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = salt_call_cli.run("state.apply", "cabify", pillar=canary_pillar("f-canary"))
+        ret = salt_call_cli.run("state.apply", "cabify", pillar=canary_pillar(unique_version("f-canary-")))
         assert ret.returncode != 0, "a canary that met an error was promoted"
-        assert_pool_whole()
+        assert_pool_whole(steady)
     load.assert_served()
     assert canary_state()["phase"] == "aborted"
     record = last_release()
     assert record["result"] == "failed" and f"failpoint {failpoint}" in record["reason"], record
 
 
-def test_interrupted_abort_is_finished_by_the_heal(salt_call_cli, pool_of_three, failpoints):
+def test_interrupted_abort_is_finished_by_the_heal(salt_call_cli, steady, failpoints):
     """The process that aborts a bad canary dies half-way (the failpoint ends it like a
     kill -9): once its lock expires, the beacon sees the orphan canary and the heal
     orchestration finishes the abort and marks the record interrupted."""
     failpoints({"release.abort": {"action": "exit"}})
-    pillar = canary_pillar("f-orphan", {"FAULT": "http500"}, [{"weight": 20, "pause": 30}])
+    orphan = unique_version("f-orphan-")
+    pillar = canary_pillar(orphan, {"FAULT": "http500"}, [{"weight": 20, "pause": 30}])
     pillar["cabify"]["pools"]["cabify"]["release"]["lock_ttl"] = 10
     with LoadClient(max_seconds=180) as load:
         ret = salt_call_cli.run("state.apply", "cabify", pillar=pillar)
         assert ret.returncode != 0
-        assert "f-orphan" in versions_running(), "the abort ended before the canary went"
+        assert orphan in versions_running(), "the abort ended before the canary went"
         wait_for(
             lambda: (
                 last_release().get("result") == "interrupted"
@@ -103,41 +105,44 @@ def test_interrupted_abort_is_finished_by_the_heal(salt_call_cli, pool_of_three,
             "the heal to finish the abort: canary gone, weights cleared, record interrupted",
         )
     load.assert_served()
-    assert versions_running() == {"1": 3}
+    assert versions_running() == {steady: 3}
     record = last_release()
-    assert record["to"] == "f-orphan" and "aborting" in record["reason"], record
+    assert record["to"] == orphan and "aborting" in record["reason"], record
     assert canary_state()["phase"] == "interrupted"
 
 
-def test_release_that_lost_its_lock_stops_before_the_next_one_acts(salt_call_cli, salt_minion, pool_of_three):
+def test_release_that_lost_its_lock_stops_before_the_next_one_acts(salt_call_cli, salt_minion, steady):
     """Release A waits for its new replica; its lock session is destroyed in Consul and
     release B starts at once. A stops at its next step and says so; B acts only once A
     has stopped, and finishes."""
-    result: dict = {}
+    version_a, version_b = unique_version("lock-a-"), unique_version("lock-b-")
     built = salt_call_cli.run(
-        "cabify_docker.build_image", "lock-b", "/var/cache/cabify/app", "cabify-base:bookworm"
+        "cabify_docker.build_image", version_b, "/var/cache/cabify/app", "cabify-base:bookworm"
     )
     assert built.returncode == 0, built.stderr
-    first = threading.Thread(
-        target=lambda: result.update(a=release(salt_call_cli, "lock-a", min_healthy_time=20))
+    result: dict = {}
+    thread_a = threading.Thread(
+        target=lambda: result.update(a=release(salt_call_cli, version_a, min_healthy_time=20))
     )
-    first.start()
+    thread_a.start()
     holder = wait_for(lambda: kv_get("cabify/locks/cabify"), 30, "release A's lock")
-    wait_for(lambda: versions_running().get("lock-a"), 30, "release A's first new replica")
+    wait_for(lambda: versions_running().get(version_a), 30, "release A's first new replica")
     session = consul("GET", "/v1/kv/cabify/locks/cabify")[0]["Session"]
     assert consul("PUT", f"/v1/session/destroy/{session}") is True
     other_cli = salt_minion.salt_call_cli(timeout=300)
-    second = other_cli.run(
-        "cabify_release.rolling", "cabify", "lock-b", replicas=3, min_healthy_time=0, drain_timeout=5
+    ret_b = other_cli.run(
+        "cabify_release.rolling", "cabify", version_b, replicas=3, min_healthy_time=0, drain_timeout=5
     )
-    first.join(timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
+    thread_a.join(timeout=300)
+    assert ret_b.returncode == 0, ret_b.stderr[-2000:]
     assert result["a"].returncode != 0, "release A went on without its lock"
-    a, b = kv_get(f"cabify/history/cabify/{holder['id']}"), second.data
+    a, b = kv_get(f"cabify/history/cabify/{holder['id']}"), ret_b.data
     assert a["result"] == "failed" and "lost its lock" in a["reason"], a
     assert b["result"] == "succeeded", b
     assert a["ended_at"] <= b["acting_at"], (
         f"B acted at {b['acting_at']} while A still did until {a['ended_at']}"
     )
     assert "lost its lock" in str(failed_states(result["a"].data))
-    wait_for(lambda: versions_running() == {"lock-b": 3} and pool_settled(3), 30, "lock-b alone, settled")
+    wait_for(
+        lambda: versions_running() == {version_b: 3} and pool_settled(3), 30, f"{version_b} alone, settled"
+    )

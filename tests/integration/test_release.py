@@ -5,7 +5,6 @@ prints the plan, and every trigger (event, KV key, orchestration, runner)."""
 from __future__ import annotations
 
 import threading
-import time
 
 from tests.helpers import (
     CONSUL,
@@ -20,7 +19,7 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
-from tests.integration.conftest import QUICK_RELEASE
+from tests.integration.conftest import QUICK_RELEASE, unique_version
 from tests.load import LoadClient
 
 FAST = {"min_healthy_time": 1, "healthy_deadline": 15}
@@ -47,20 +46,17 @@ def wait_release_end(version: str, pool: str = "cabify", timeout: float = 240) -
     )
 
 
-def unique_version(prefix: str) -> str:
-    return f"{prefix}{int(time.time() * 10) % 10_000_000}"
-
-
-def test_rolling_release_with_zero_failed_requests(salt_call_cli, pool_of_three):
+def test_rolling_release_with_zero_failed_requests(salt_call_cli, steady):
+    new = unique_version("roll")
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, "2", drain_timeout=7)
+        ret = release(salt_call_cli, new, drain_timeout=7)
         assert ret.returncode == 0, failed_states(ret.data)
         wait_for(lambda: pool_settled(3), 30, "3 replicas registered and UP after the release")
     load.assert_served()
-    assert versions_running() == {"2": 3}
-    assert set(load.result.versions) == {"1", "2"}
+    assert versions_running() == {new: 3}
+    assert set(load.result.versions) == {steady, new}
     record = last_release()
-    assert record["result"] == "succeeded" and record["to"] == "2" and record["from"] == ["1"]
+    assert record["result"] == "succeeded" and record["to"] == new and record["from"] == [steady]
     # drain_timeout reaches every replica as the app's DRAIN_TIMEOUT
     import docker  # noqa: PLC0415
 
@@ -68,27 +64,29 @@ def test_rolling_release_with_zero_failed_requests(salt_call_cli, pool_of_three)
         assert "DRAIN_TIMEOUT=7" in docker.from_env().containers.get(name).attrs["Config"]["Env"]
 
 
-def test_failed_releases_are_reverted(salt_call_cli, pool_of_three):
+def test_failed_releases_are_reverted(salt_call_cli, steady):
     """A release whose replicas never pass their checks, and one whose replicas crash:
     both stop, the old replicas (never touched) keep serving."""
     before = running_replicas()
     with LoadClient(max_seconds=240) as load:
         for fault, why in (("unhealthy", "not healthy"), ("crash", "crashed")):
-            ret = release(salt_call_cli, "3", env={"FAULT": fault, "CRASH_AFTER": "1"}, healthy_deadline=5)
+            new = unique_version("fail")
+            ret = release(salt_call_cli, new, env={"FAULT": fault, "CRASH_AFTER": "1"}, healthy_deadline=5)
             assert ret.returncode != 0, f"a release with FAULT={fault} succeeded"
             wait_for(lambda: pool_settled(3), 30, "the pool back to 3 registered, UP replicas")
             assert running_replicas() == before, "version 1 replicas were replaced"
             record = last_release()
-            assert record["result"] == "failed" and record["to"] == "3" and why in record["reason"], record
+            assert record["result"] == "failed" and record["to"] == new and why in record["reason"], record
     load.assert_served()
-    assert versions_running() == {"1": 3}
+    assert versions_running() == {steady: 3}
 
 
-def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, pool_of_three):
+def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, steady):
     results = {}
+    first_version, second_version = unique_version("first"), unique_version("second")
 
     def slow_release():
-        results["first"] = release(salt_call_cli, "4", min_healthy_time=6, max_parallel=3)
+        results["first"] = release(salt_call_cli, first_version, min_healthy_time=6, max_parallel=3)
 
     first = threading.Thread(target=slow_release)
     first.start()
@@ -96,24 +94,25 @@ def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, pool_of_t
     # Salt itself runs one state.apply at a time per minion; the pool's lock is what
     # stops a second release from anywhere else (another minion, salt-call, a runner).
     other_cli = salt_minion.salt_call_cli(timeout=300)  # one CLI object runs one command at a time
-    second = other_cli.run("cabify_release.rolling", "cabify", "5", replicas=3)
+    second = other_cli.run("cabify_release.rolling", "cabify", second_version, replicas=3)
     first.join(timeout=300)
     assert second.returncode != 0
     errors = str(second.data) + second.stderr + second.stdout
-    assert "another release of pool cabify is running" in errors and "to version 4" in errors
+    assert "another release of pool cabify is running" in errors and f"to version {first_version}" in errors
     assert results["first"].returncode == 0, (
         failed_states(results["first"].data) or results["first"].stderr[-2000:]
     )
-    assert versions_running() == {"4": 3}
+    assert versions_running() == {first_version: 3}
 
 
-def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, pool_of_three):
-    release(salt_call_cli, "1", replicas=4)
+def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, steady):
+    release(salt_call_cli, steady, replicas=4)
+    new = unique_version("par")
     wait_for(lambda: pool_settled(4), 30, "4 replicas of version 1")
     before = running_replicas()
     pillar = {
         "cabify": {
-            "pools": {"cabify": {"version": "6", "replicas": 4, "release": FAST | {"max_parallel": 2}}}
+            "pools": {"cabify": {"version": new, "replicas": 4, "release": FAST | {"max_parallel": 2}}}
         }
     }
     dry = salt_call_cli.run("state.apply", "cabify", test=True, pillar=pillar)
@@ -122,13 +121,13 @@ def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, pool_of_
     assert [b["start"] for b in plan["changes"]["release"]["batches"]] == [2, 2]
     assert running_replicas() == before, "test=True changed the pool"
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, "6", replicas=4, max_parallel=2)
+        ret = release(salt_call_cli, new, replicas=4, max_parallel=2)
         assert ret.returncode == 0, failed_states(ret.data)
     load.assert_served()
-    assert versions_running() == {"6": 4}
+    assert versions_running() == {new: 4}
 
 
-def test_event_triggers_a_release(salt_call_cli, pool_of_three):
+def test_event_triggers_a_release(salt_call_cli, steady):
     version = unique_version("ev")
     data = {"pool": "cabify", "version": version, "settings": QUICK_RELEASE}
     ret = salt_call_cli.run("event.send", "cabify/release/request", data=data)
@@ -137,7 +136,7 @@ def test_event_triggers_a_release(salt_call_cli, pool_of_three):
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
 
 
-def test_kv_desired_version_triggers_exactly_one_release(pool_of_three):
+def test_kv_desired_version_triggers_exactly_one_release(steady):
     version = unique_version("kv")
     value = {"version": version, "settings": QUICK_RELEASE}
     status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/cabify", value)
@@ -148,15 +147,16 @@ def test_kv_desired_version_triggers_exactly_one_release(pool_of_three):
     assert len(releases) == 1, f"one change of the key made {len(releases)} releases"
 
 
-def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, pool_of_three):
+def test_orchestration_fails_when_a_host_release_fails(salt_run_cli, steady):
+    new = unique_version("orch")
     settings = FAST | {"healthy_deadline": 5}
     pillar = {
-        "release": {"pool": "cabify", "version": "7", "env": {"FAULT": "unhealthy"}, "settings": settings}
+        "release": {"pool": "cabify", "version": new, "env": {"FAULT": "unhealthy"}, "settings": settings}
     }
     ret = salt_run_cli.run("state.orchestrate", "orch.rolling", pillar=pillar)
     assert ret.returncode != 0, "orch.rolling reported success for a host whose release failed"
-    assert versions_running() == {"1": 3}
-    assert last_release()["result"] == "failed" and last_release()["to"] == "7"
+    assert versions_running() == {steady: 3}
+    assert last_release()["result"] == "failed" and last_release()["to"] == new
 
 
 def test_orchestration_without_a_pool_says_what_is_missing(salt_run_cli, highstate):
@@ -165,7 +165,7 @@ def test_orchestration_without_a_pool_says_what_is_missing(salt_run_cli, highsta
     assert "release:pool and release:version are required" in str(ret.data)
 
 
-def test_runners_show_status_and_history(salt_run_cli, pool_of_three):
+def test_runners_show_status_and_history(salt_run_cli, steady):
     history = salt_run_cli.run("cabify.history", "cabify", limit=3)
     assert history.returncode == 0 and isinstance(history.data, list), history.stdout
     newest = history.data[0]
@@ -174,6 +174,6 @@ def test_runners_show_status_and_history(salt_run_cli, pool_of_three):
     status = salt_run_cli.run("cabify.status", "cabify")
     assert status.returncode == 0, status.stdout
     assert status.data["release_running"] is None
-    assert status.data["instances"] == {"1": {"passing": 3}}
+    assert status.data["instances"] == {steady: {"passing": 3}}
     everything = salt_run_cli.run("cabify.status")
     assert {"cabify", "shop"} <= set(everything.data), everything.data
