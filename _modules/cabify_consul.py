@@ -52,8 +52,8 @@ def _client():
 
 def _call(what: str, func, *args, **kwargs):
     """Run a py-consul call; its errors become CommandExecutionError naming WHAT."""
-    __utils__["cabify_failpoints.hit"]("consul.call")
     try:
+        __utils__["cabify_failpoints.hit"]("consul.call")
         return func(*args, **kwargs)
     except (consul.ConsulException, requests.RequestException, OSError) as err:
         raise CommandExecutionError(f"consul: {what}: {err}") from err

@@ -17,6 +17,7 @@ registry is reachable.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import subprocess
@@ -42,6 +43,7 @@ LABEL_POOL = "cabify.pool"
 LABEL_VERSION = "cabify.version"
 LABEL_ROLE = "cabify.role"
 LABEL_SPEC = "cabify.spec-hash"
+LABEL_ASKED = "cabify.spec"  # the env and resources asked for, as JSON: what a clone gets
 LABEL_SOURCE = "cabify.source-hash"
 APP_PORT = 8080
 
@@ -189,6 +191,7 @@ def start_replica(
         LABEL_VERSION: version,
         LABEL_ROLE: role,
         LABEL_SPEC: spec_hash(version, env, resources),
+        LABEL_ASKED: json.dumps({"env": env or {}, "resources": resources}, sort_keys=True),
     }
     kwargs: dict[str, Any] = {}
     if resources.get("memory"):

@@ -339,12 +339,18 @@ def healthy(pool: str, name: str) -> bool:
 
 
 def wait_healthy(
-    pool: str, names: list[str], timeout: float = 60, min_healthy_time: float = 0, fence: dict | None = None
+    pool: str,
+    names: list[str],
+    timeout: float = 60,
+    min_healthy_time: float = 0,
+    fence: dict | None = None,
+    crash_on_restart: bool = True,
 ) -> None:
     """
     Wait until every replica of NAMES has been healthy for MIN_HEALTHY_TIME seconds;
-    raise naming the ones that are not (or whose container stopped) by TIMEOUT, or when
-    FENCE's release lost its lock.
+    raise naming the ones that are not (or whose container stopped, or restarted unless
+    not CRASH_ON_RESTART: an old replica given back may have restarted long ago) by
+    TIMEOUT, or when FENCE's release lost its lock.
 
     CLI Example:
 
@@ -361,7 +367,9 @@ def wait_healthy(
         dead = [
             n
             for n in names
-            if n not in current or current[n]["status"] in ("exited", "dead") or current[n]["restarts"]
+            if n not in current
+            or current[n]["status"] in ("exited", "dead")
+            or (crash_on_restart and current[n]["restarts"])
         ]
         if dead:
             raise CommandExecutionError(f"replicas crashed before becoming healthy: {', '.join(dead)}")
@@ -406,7 +414,17 @@ def start(
     """
     check_fence(fence)
     replica = _docker("start_replica", pool, version, role, env, resources, network or pool)
-    register(pool, replica["name"])
+    try:
+        register(pool, replica["name"])
+    except Exception:
+        # Unregistered, nobody would know of it: it must not outlive the failure.
+        try:
+            _docker("remove_replica", replica["name"])
+        except Exception as err:  # noqa: BLE001 - the registration's error is the one to raise
+            log.error(
+                "cabify: pool %s: could not remove unregistered replica %s: %s", pool, replica["name"], err
+            )
+        raise
     return replica
 
 
@@ -466,7 +484,7 @@ def restore(pool: str, name: str, spec: dict | None = None) -> str:
     _failpoint("pool.restore")
     replica = _docker("replica", name)
     if replica is not None and replica["status"] == "running":
-        register(pool, name)
+        register(pool, name, keep_status=True)
         if replica["address"]:
             _lb("undrain", pool, replica["address"], replica["port"])
         return name
@@ -563,9 +581,10 @@ def converge(
         except Exception:
             # Nothing half-done: the new replicas go, the old ones were never touched.
             for name in started:
-                __utils__["cabify_retry.quietly"](
-                    f"removing new replica {name}", drain, pool, name, drain_timeout=0
-                )
+                try:
+                    drain(pool, name, drain_timeout=0)
+                except Exception as err:  # noqa: BLE001 - the error that stopped the converge is raised
+                    log.error("cabify: pool %s: could not remove new replica %s: %s", pool, name, err)
             raise
         for name in todo["remove"]:
             drain(pool, name, drain_timeout=drain_timeout)

@@ -210,16 +210,44 @@ def _run_release(pool: str, strategy: str, version: str, lock_ttl: float, body) 
 def _lock_still_held(fence: dict) -> bool:
     try:
         return _consul("lock_held", fence["key"], fence["session"])
-    except CommandExecutionError:
-        return True  # Consul unreachable: the error is the reason, not the lock
+    except Exception:  # noqa: BLE001 - Consul unreachable: the error is the reason, not the lock
+        return True
+
+
+def _best_effort(what: str, func, *args, attempts: int = 3, **kwargs) -> Any:
+    """FUNC tried up to ATTEMPTS times with a short back-off; the last error is raised.
+    For the steps of a revert or an abort, which must not give up at the first error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            log.warning("cabify release: %s failed (attempt %s of %s): %s", what, attempt, attempts, err)
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+    return None
 
 
 def _quietly(what: str, func, *args, **kwargs) -> Any:
-    return __utils__["cabify_retry.quietly"](what, func, *args, **kwargs)
+    """:func:`_best_effort` that logs a last failure instead of raising it: for the
+    bookkeeping that must not hide the outcome it follows."""
+    try:
+        return _best_effort(what, func, *args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - logged; the release's own outcome stands
+        log.error("cabify release: %s failed for good: %s", what, err)
+        return None
 
 
-def _best_effort(what: str, func, *args, **kwargs) -> Any:
-    return __utils__["cabify_retry.retried"](what, func, *args, **kwargs)
+def _steps(*steps: tuple) -> list[str]:
+    """Run each (what, func, *args) with :func:`_best_effort`, every one of them whatever
+    the others did; the errors of those that kept failing, as "what: error"."""
+    problems = []
+    for what, func, *args in steps:
+        try:
+            _best_effort(what, func, *args)
+        except Exception as err:  # noqa: BLE001 - collected; the next step still runs
+            problems.append(f"{what}: {err}")
+    return problems
 
 
 # --- rolling -----------------------------------------------------------------------------------
@@ -290,10 +318,13 @@ def _roll(
         _pool("drain", pool, name, drain_timeout=0, fence=fence)
     started: list[str] = []
     drained: dict[str, dict | None] = {}
-    _progress(release, "plan", version=version, batches=steps["batches"])
+    _quietly("sending the plan", _progress, release, "plan", version=version, batches=steps["batches"])
     for number, batch in enumerate(steps["batches"], start=1):
-        _progress(release, "batch", number=number, of=len(steps["batches"]), **batch)
+        _quietly(
+            "sending the batch", _progress, release, "batch", number=number, of=len(steps["batches"]), **batch
+        )
         new: list[str] = []
+        healthy = False
         try:
             for _ in range(batch["start"]):
                 replica = _pool(
@@ -317,7 +348,10 @@ def _roll(
                     min_healthy_time=settings["min_healthy_time"],
                     fence=fence,
                 )
-                _progress(release, "batch-healthy", number=number, started=new)
+                _quietly(
+                    "sending batch-healthy", _progress, release, "batch-healthy", number=number, started=new
+                )
+            healthy = True
             for name in batch["drain"]:
                 drained[name] = __salt__["cabify_docker.clone_spec"](name)
                 _failpoint("release.drain")
@@ -325,48 +359,63 @@ def _roll(
         except Exception as err:  # whatever failed, the old version must keep serving
             if not _lock_still_held(fence):
                 raise
-            _progress(release, "failed", batch=number, reason=str(err))
+            _quietly("sending failed", _progress, release, "failed", batch=number, reason=str(err))
+            stopped = f"release to version {version} stopped at batch {number}: {err}"
             if settings.get("auto_revert", True):
-                undone = _revert(pool, started, drained)
                 raise CommandExecutionError(
-                    f"release to version {version} stopped at batch {number}: {err}; reverted: {undone}"
+                    f"{stopped}; reverted: {_revert(pool, started, drained)}"
                 ) from err
-            undone = _revert(pool, new, {})
-            raise CommandExecutionError(
-                f"release to version {version} stopped at batch {number}: {err}; not reverted "
-                f"(auto_revert is off), this batch's new replicas removed: {undone}"
-            ) from err
-        _progress(release, "batch-done", number=number, started=new, drained=batch["drain"])
-    _pool("reconcile", pool)
+            # Without auto_revert what became healthy stays: a batch whose new replicas
+            # never did loses them; one that failed while draining gets back the old
+            # replica it was draining.
+            this_batch = {n: drained[n] for n in batch["drain"] if n in drained}
+            undone = _revert(pool, [], this_batch) if healthy else _revert(pool, new, {})
+            raise CommandExecutionError(f"{stopped}; not reverted (auto_revert is off): {undone}") from err
+        _quietly(
+            "sending batch-done",
+            _progress,
+            release,
+            "batch-done",
+            number=number,
+            started=new,
+            drained=batch["drain"],
+        )
+    _quietly("reconciling", _pool, "reconcile", pool)
     return {"started": started, "removed": list(drained) + steps["remove_stopped"]}
 
 
 def _revert(pool: str, new: list[str], drained: dict[str, dict | None]) -> str:
     """Give back every old replica that DRAINED took out (registered and undrained if it
-    still runs, started again from its spec if it is gone), wait until they serve, then
-    take the NEW replicas out. Each action is retried; what still fails is reported."""
+    still runs, started again from its spec if it is gone) and wait until they serve;
+    then take the NEW replicas out, but only if every old one is back: a pool that
+    could not get its old replicas back keeps the new ones serving rather than shrink.
+    Every step is retried and runs whatever the others did; never raises, says what
+    it did and what failed."""
     problems: list[str] = []
     restored = []
     for name, spec in drained.items():
         try:
             restored.append(_best_effort(f"restoring {name}", _pool, "restore", pool, name, spec))
-        except Exception as err:  # noqa: BLE001 - report it and go on with the rest
-            problems.append(f"could not restore {name}: {err}")
-    _failpoint("release.revert")
+        except Exception as err:  # noqa: BLE001 - reported; the next one is restored all the same
+            problems.append(f"could not give back {name}: {err}")
     if restored:
         try:
-            _pool("wait_healthy", pool, restored, timeout=60)
-        except CommandExecutionError as err:
-            problems.append(f"restored replicas not healthy: {err}")
-    for name in new:
-        try:
-            _best_effort(f"removing new replica {name}", _pool, "drain", pool, name, drain_timeout=0)
-        except Exception as err:  # noqa: BLE001 - report it and go on with the rest
-            problems.append(f"could not remove new replica {name}: {err}")
-    _best_effort("reconciling", _pool, "reconcile", pool)
-    summary = f"removed {len(new)} new replica(s), gave back {len(restored)} old one(s)"
+            _pool("wait_healthy", pool, restored, timeout=60, crash_on_restart=False)
+        except Exception as err:  # noqa: BLE001 - reported below
+            problems.append(f"the old replicas given back are not healthy: {err}")
+    removed = []
+    if not problems:
+        for name in new:
+            try:
+                _best_effort(f"removing new replica {name}", _pool, "drain", pool, name, drain_timeout=0)
+                removed.append(name)
+            except Exception as err:  # noqa: BLE001 - reported; the next one goes all the same
+                problems.append(f"could not remove new replica {name}: {err}")
+    problems += _steps(("reconciling", _pool, "reconcile", pool))
+    summary = f"removed {len(removed)} new replica(s), gave back {len(restored)} old one(s)"
     if problems:
-        raise CommandExecutionError(f"{summary}; the revert is incomplete: {'; '.join(problems)}")
+        kept = f", kept {len(new) - len(removed)} new one(s) serving" if len(removed) < len(new) else ""
+        return f"{summary}{kept}; the revert is incomplete: {'; '.join(problems)}"
     return summary
 
 
@@ -400,6 +449,11 @@ def check_canary(canary: dict | None) -> dict:
             __utils__["cabify_weights.check_share"](step.get("weight") if isinstance(step, dict) else None)
         except ValueError as err:
             raise CommandExecutionError(f"canary:steps: step {number}: weight {err}") from None
+        pause = step.get("pause")
+        if isinstance(pause, bool) or not isinstance(pause, (int, float)) or pause < 0:
+            raise CommandExecutionError(
+                f"canary:steps: step {number}: pause must be seconds, 0 or more (got {pause!r})"
+            )
     if int(settings["replicas"]) < 1:
         raise CommandExecutionError(f"canary:replicas: must be at least 1 (got {settings['replicas']!r})")
     return settings
@@ -577,17 +631,23 @@ def _step(
 
 
 def _abort(pool: str, live: dict, reason: str, drain_timeout: float, fence: dict) -> None:
-    """The canaries' share to nothing first (deregistered, drained in HAProxy), then the
-    weights cleared, then the canaries removed; the stable replicas never stop serving.
-    Each action is retried; the abort raises only if one keeps failing."""
+    """The canaries removed (all of them leave Consul and HAProxy first, so their share
+    goes to nothing at once), the weights cleared, Consul reconciled: each step retried
+    and run whatever the others did, so that one stuck step never leaves the rest
+    undone; the stable replicas never stop serving. Raises at the end, naming every
+    step that kept failing."""
     live.update(phase="aborting", reason=reason)
-    _best_effort("publishing the abort", _publish, pool, live, "aborting", reason=reason)
+    _quietly("publishing the abort", _publish, pool, live, "aborting", reason=reason)
     _failpoint("release.abort")
-    _best_effort("removing the canaries", _pool, "remove_role", pool, "canary", drain_timeout, fence)
-    _best_effort("clearing the weights", _pool, "clear_weights", pool)
-    _best_effort("reconciling", _pool, "reconcile", pool)
-    live.update(phase="aborted", weight=0)
-    _best_effort("publishing the abort", _publish, pool, live, "aborted", reason=reason)
+    problems = _steps(
+        ("removing the canaries", _pool, "remove_role", pool, "canary", drain_timeout, fence),
+        ("clearing the weights", _pool, "clear_weights", pool),
+        ("reconciling", _pool, "reconcile", pool),
+    )
+    live.update(phase="aborted" if not problems else "abort incomplete", weight=0)
+    _quietly("publishing the abort", _publish, pool, live, "aborted", reason=reason)
+    if problems:
+        raise CommandExecutionError("; ".join(problems))
 
 
 def _abort_or_say(pool: str, live: dict, reason: str, settings: dict, fence: dict, cause: Exception) -> None:
@@ -672,7 +732,7 @@ def _canary(pool: str, version: str, settings: dict, release: dict, fence: dict)
         # replica joins at the canary's per-replica weight and every old one that goes
         # takes its weight along: the new version's share only rises, to 100 %.
         live["phase"] = "promoting"
-        _publish(pool, live, "promoting")
+        _quietly("publishing the promotion", _publish, pool, live, "promoting")
         try:
             rolled = _roll(pool, version, settings, release, fence, role="stable")
         except Exception as err:
@@ -682,13 +742,22 @@ def _canary(pool: str, version: str, settings: dict, release: dict, fence: dict)
             _abort_or_say(
                 pool, live, f"canary of version {version} not promoted: {err}", settings, fence, err
             )
-        removed = _pool("remove_role", pool, "canary", settings["drain_timeout"], fence)
-        _pool("clear_weights", pool)
-        _pool("reconcile", pool)
+        # The new version serves alone: the canaries and the weights go, each step
+        # retried and run whatever the others did.
+        removed = [r["name"] for r in __salt__["cabify_docker.replicas"](pool) if r["role"] == "canary"]
+        problems = _steps(
+            ("removing the canaries", _pool, "remove_role", pool, "canary", settings["drain_timeout"], fence),
+            ("clearing the weights", _pool, "clear_weights", pool),
+            ("reconciling", _pool, "reconcile", pool),
+        )
         live["phase"] = "promoted"
-        _publish(pool, live, "promoted")
+        _quietly("publishing the promotion", _publish, pool, live, "promoted")
+        if problems:
+            raise CommandExecutionError(
+                f"canary of version {version} promoted, but its cleanup is incomplete: {'; '.join(problems)}"
+            )
     finally:
-        _best_effort("clearing the operator's command", _consul, "kv_delete", _kv("canary_command", pool))
+        _quietly("clearing the operator's command", _consul, "kv_delete", _kv("canary_command", pool))
     return {"started": rolled["started"], "removed": rolled["removed"] + removed, "canaries": canaries}
 
 
@@ -698,8 +767,9 @@ def _canary(pool: str, version: str, settings: dict, release: dict, fence: dict)
 def recover(pool: str) -> dict:
     """
     Finish what a release of POOL whose process died left behind, when no release holds
-    the pool's lock: canary replicas are removed, stored weights cleared, the canary's
-    state marked interrupted, and its history record (still ``running``) marked
+    the pool's lock (the recovery takes it meanwhile): canary replicas are removed,
+    stored weights cleared, the canary's state marked interrupted, and its history
+    record (still ``running``) marked
     ``interrupted`` with the phase it died in. Returns what it did (empty: nothing to do).
 
     CLI Example:
@@ -711,11 +781,22 @@ def recover(pool: str) -> dict:
     current = holder(pool)
     if current is not None:  # a running release: nothing is left behind
         return {"skipped": f"release {current.get('id')} holds the lock"}
-    with __utils__["cabify_hostlock.hold"](pool):
-        current = holder(pool)
-        if current is not None:
-            return {"skipped": f"release {current.get('id')} holds the lock"}
-        return _recover(pool, by=__grains__.get("id"))
+    # The pool's own lock for the recovery: no release starts (on any host) under it.
+    recovery = {
+        "id": f"recovery-{secrets.token_hex(2)}",
+        "minion": __grains__.get("id"),
+        "strategy": "recovery",
+    }
+    key = _kv("lock", pool)
+    session = _consul("lock_acquire", key, recovery, 10)
+    if session is None:
+        current = holder(pool) or {}
+        return {"skipped": f"release {current.get('id')} holds the lock"}
+    try:
+        with __utils__["cabify_hostlock.hold"](pool):
+            return _recover(pool, by=__grains__.get("id"))
+    finally:
+        _quietly("releasing the lock", _consul, "lock_release", key, session)
 
 
 def needs_recovery(pool: str) -> bool:

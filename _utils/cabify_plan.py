@@ -10,6 +10,7 @@ asked anything.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -85,7 +86,20 @@ def rolling_plan(current: list[dict], wanted_spec: str, replicas: int, max_paral
 
 def clone_spec(attrs: dict[str, Any], labels: dict[str, str]) -> dict:
     """version, role, env, resources and network of a container (its ``attrs`` and
-    labels as dockerd gives them), to start its like."""
+    labels as dockerd gives them), to start its like: the env and resources it was
+    asked for (label ``cabify.spec``), so that the clone has the same spec hash; for a
+    container without that label, read back from its configuration."""
+    networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+    common = {
+        "version": labels.get("cabify.version"),
+        "role": labels.get("cabify.role", "stable"),
+        "network": networks[0] if networks else None,
+    }
+    try:
+        asked = json.loads(labels["cabify.spec"])
+        return {**common, "env": asked["env"], "resources": asked["resources"]}
+    except (KeyError, TypeError, ValueError):
+        pass
     config = attrs.get("Config") or {}
     host = attrs.get("HostConfig") or {}
     env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
@@ -95,11 +109,4 @@ def clone_spec(attrs: dict[str, Any], labels: dict[str, str]) -> dict:
         resources["memory"] = f"{host['Memory'] // (1024 * 1024)}m"
     if host.get("NanoCpus"):
         resources["cpus"] = host["NanoCpus"] / 1e9
-    networks = list(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
-    return {
-        "version": labels.get("cabify.version"),
-        "role": labels.get("cabify.role", "stable"),
-        "env": env,
-        "resources": resources,
-        "network": networks[0] if networks else None,
-    }
+    return {**common, "env": env, "resources": resources}

@@ -61,22 +61,3 @@ def test_failpoint_raises_the_service_library_s_own_errors(tmp_path, monkeypatch
         failpoints.hit("b")
     with pytest.raises(docker.errors.APIError):
         failpoints.hit("a")  # no `times`: every time
-
-
-def test_retried_tries_again_then_raises_and_quietly_gives_up():
-    retry = load("utils", "cabify_retry")
-    retry.time.sleep = lambda seconds: None
-    calls = []
-
-    def flaky(fail_times: int):
-        calls.append(1)
-        if len(calls) <= fail_times:
-            raise OSError("not yet")
-        return "done"
-
-    assert retry.retried("flaky", flaky, 2) == "done" and len(calls) == 3
-    calls.clear()
-    with pytest.raises(OSError):
-        retry.retried("flaky", flaky, 5)
-    calls.clear()
-    assert retry.quietly("flaky", flaky, 5) is None and len(calls) == 3

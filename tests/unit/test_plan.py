@@ -81,3 +81,17 @@ def test_clone_spec_keeps_what_the_user_set_and_drops_what_the_pool_sets():
     assert plan.spec_hash("2", spec["env"], spec["resources"]) == plan.spec_hash(
         "2", {"FAULT": "slow", "DRAIN_TIMEOUT": "5"}, {"memory": "128m", "cpus": 0.5}
     )
+
+
+def test_clone_spec_takes_what_was_asked_from_the_label():
+    labels = {
+        "cabify.version": "2",
+        "cabify.role": "stable",
+        "cabify.spec": '{"env": {"DRAIN_TIMEOUT": "5"}, "resources": {"cpus": 1, "memory": "1g"}}',
+    }
+    attrs = {"Config": {"Env": ["LANG=C.UTF-8", "DRAIN_TIMEOUT=5"]}, "HostConfig": {"NanoCpus": 10**9}}
+    spec = plan.clone_spec(attrs, labels)
+    assert spec["env"] == {"DRAIN_TIMEOUT": "5"} and spec["resources"] == {"cpus": 1, "memory": "1g"}
+    assert plan.spec_hash("2", spec["env"], spec["resources"]) == plan.spec_hash(
+        "2", {"DRAIN_TIMEOUT": "5"}, {"cpus": 1, "memory": "1g"}
+    )
