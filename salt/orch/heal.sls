@@ -1,8 +1,9 @@
-{#- Heal a host's pool: finish what a release that died left behind, replace dead or
-    critical replicas like for like, make Consul match Docker. Run by the reactor, or
-    by hand:
-      salt-run state.orchestrate orch.heal pillar='{"heal": {"minion": "web1", "pool": "cabify"}}' -#}
+{#- Heal a host's pool: replace dead or critical replicas like for like and make Consul
+    match Docker; for what a release that died left behind (action orphan), finish it
+    first. Run by the reactor, or by hand:
+      salt-run state.orchestrate orch.heal pillar='{"heal": {"minion": "web1", "pool": "cabify", "action": "orphan"} }' -#}
 {%- set heal = salt["pillar.get"]("heal", {}) %}
+{%- if heal.get("action") == "orphan" %}
 
 cabify-orch-heal-recovered:
   salt.function:
@@ -10,6 +11,9 @@ cabify-orch-heal-recovered:
     - tgt: {{ heal.minion | json }}
     - arg:
       - {{ heal.pool | json }}
+    - require_in:
+      - salt: cabify-orch-heal-pool
+{%- endif %}
 
 cabify-orch-heal-pool:
   salt.function:
@@ -18,5 +22,3 @@ cabify-orch-heal-pool:
     - kwarg:
         pool: {{ heal.pool | json }}
         replace_critical: {{ heal.get("replace_critical", False) | json }}
-    - require:
-      - salt: cabify-orch-heal-recovered

@@ -1,7 +1,7 @@
 {#- A rolling release of one pool across every minion that runs it, one host after
     another; a host whose release fails stops the orchestration (its own pool is
     reverted):
-      salt-run state.orchestrate orch.rolling pillar='{"release": {"pool": "cabify", "version": "2"}}'
+      salt-run state.orchestrate orch.rolling pillar='{"release": {"pool": "cabify", "version": "2"} }'
     release:settings overrides the pool's release settings (max_parallel, ...),
     release:env the replicas' environment,
     release:target the minions (default all), release:timeout how long one host's

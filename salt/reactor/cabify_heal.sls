@@ -9,4 +9,5 @@ cabify-reactor-heal-orchestrated:
           heal:
             minion: {{ data["id"] | json }}
             pool: {{ data["pool"] | json }}
+            action: {{ data["action"] | json }}
             replace_critical: {{ data["action"] == "critical" }}

@@ -38,7 +38,9 @@ def canary_pillar(version: str, env: dict | None = None, steps: list | None = No
         "analysis": QUICK_ANALYSIS,
         **canary,
     }
-    pool = {"version": version, "replicas": 3, "env": env or {}, "release": FAST | {"strategy": "canary"}}
+    # Promotion in one batch: the long canary test watches a promotion batch by batch.
+    release = FAST | {"strategy": "canary", "max_parallel": 3}
+    pool = {"version": version, "replicas": 3, "env": env or {}, "release": release}
     return {"cabify": {"pools": {"cabify": pool | {"canary": settings}}}}
 
 
@@ -111,8 +113,7 @@ def test_weight_is_the_share_of_requests_whatever_the_counts(
         load.assert_served()
         assert abs(share - 0.20) <= 0.03, f"canary share {share:.1%} with {stable} stable + {canaries} canary"
     finally:
-        for name in names:
-            salt_call_cli.run("cabify_pool.drain", "cabify", name, drain_timeout=1)
+        salt_call_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
 
 
 def weights_by_role() -> dict[str, set[int]]:
@@ -142,8 +143,7 @@ def test_weight_change_needs_no_reload_and_survives_one(salt_call_cli, stable_po
             "the canary weights back in the reloaded HAProxy (from the SRV records)",
         )
     finally:
-        for name in names:
-            salt_call_cli.run("cabify_pool.drain", "cabify", name, drain_timeout=1)
+        salt_call_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
 
 
 def test_unreachable_share_is_said_before_and_during_the_release(salt_call_cli, stable_pool):

@@ -86,7 +86,7 @@ def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, steady):
     first_version, second_version = unique_version("first"), unique_version("second")
 
     def slow_release():
-        results["first"] = release(salt_call_cli, first_version, min_healthy_time=6, max_parallel=3)
+        results["first"] = release(salt_call_cli, first_version, min_healthy_time=4, max_parallel=3)
 
     first = threading.Thread(target=slow_release)
     first.start()
