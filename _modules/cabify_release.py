@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import secrets
 import threading
 import time
@@ -167,7 +168,11 @@ def _run_release(pool: str, strategy: str, version: str, lock_ttl: float, body) 
         "reason": "",
     }
     key = _kv("lock", pool)
-    holder_value = {k: release[k] for k in ("id", "minion", "strategy", "to", "started")}
+    # The holder's process: a release whose process died on this host is known at once
+    # (see _dead), not only when its session expires.
+    holder_value = {k: release[k] for k in ("id", "minion", "strategy", "to", "started")} | {
+        "pid": os.getpid()
+    }
     session = _consul("lock_acquire", key, holder_value, max(10, int(lock_ttl)))
     if session is None:
         other = holder(pool) or {}
@@ -767,7 +772,8 @@ def _canary(pool: str, version: str, settings: dict, release: dict, fence: dict)
 def recover(pool: str) -> dict:
     """
     Finish what a release of POOL whose process died left behind, when no release holds
-    the pool's lock (the recovery takes it meanwhile): canary replicas are removed,
+    the pool's lock (a release of this host whose process is gone lets go of it at once;
+    the recovery takes it meanwhile): canary replicas are removed,
     stored weights cleared, the canary's state marked interrupted, and its history
     record (still ``running``) marked
     ``interrupted`` with the phase it died in. Returns what it did (empty: nothing to do).
@@ -779,6 +785,11 @@ def recover(pool: str) -> dict:
         salt-call cabify_release.recover cabify
     """
     current = holder(pool)
+    if _dead(current):
+        # Its process is gone (it ran here): its lock would only expire later.
+        log.warning("cabify: pool %s: release %s died with its lock; releasing it", pool, current.get("id"))
+        _consul("lock_release", _kv("lock", pool), current["session"])
+        current = holder(pool)
     if current is not None:  # a running release: nothing is left behind
         return {"skipped": f"release {current.get('id')} holds the lock"}
     # The pool's own lock for the recovery: no release starts (on any host) under it.
@@ -799,10 +810,24 @@ def recover(pool: str) -> dict:
         _quietly("releasing the lock", _consul, "lock_release", key, session)
 
 
+def _dead(current: dict | None) -> bool:
+    """The lock holder CURRENT is a release of this host whose process is gone."""
+    if not current or current.get("minion") != __grains__.get("id") or not current.get("pid"):
+        return False
+    try:
+        os.kill(int(current["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def needs_recovery(pool: str) -> bool:
     """
     True when POOL shows what a dead release leaves behind (canary replicas, stored
-    weights, a running canary state or history record) and no release holds its lock.
+    weights, a running canary state or history record) and no release holds its lock,
+    or when the release that holds it ran on this host and its process is gone.
 
     CLI Example:
 
@@ -810,8 +835,9 @@ def needs_recovery(pool: str) -> bool:
 
         salt-call cabify_release.needs_recovery cabify
     """
-    if holder(pool) is not None:
-        return False
+    current = holder(pool)
+    if current is not None:
+        return _dead(current)
     if any(r["role"] == "canary" for r in __salt__["cabify_docker.replicas"](pool)):
         return True
     if _pool("weights", pool) is not None:

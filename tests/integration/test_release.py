@@ -49,7 +49,7 @@ def wait_release_end(version: str, pool: str = "cabify", timeout: float = 240) -
 def test_rolling_release_with_zero_failed_requests(salt_call_cli, steady):
     new = unique_version("roll")
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, new, drain_timeout=7)
+        ret = release(salt_call_cli, new)
         assert ret.returncode == 0, failed_states(ret.data)
         wait_for(lambda: pool_settled(3), 30, "3 replicas registered and UP after the release")
     load.assert_served()
@@ -57,11 +57,6 @@ def test_rolling_release_with_zero_failed_requests(salt_call_cli, steady):
     assert set(load.result.versions) == {steady, new}
     record = last_release()
     assert record["result"] == "succeeded" and record["to"] == new and record["from"] == [steady]
-    # drain_timeout reaches every replica as the app's DRAIN_TIMEOUT
-    import docker  # noqa: PLC0415
-
-    for name in running_replicas():
-        assert "DRAIN_TIMEOUT=7" in docker.from_env().containers.get(name).attrs["Config"]["Env"]
 
 
 def test_failed_releases_are_reverted(salt_call_cli, steady):
@@ -105,26 +100,28 @@ def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, steady):
     assert versions_running() == {first_version: 3}
 
 
-def test_max_parallel_two_with_four_replicas_and_dry_run(salt_call_cli, steady):
-    release(salt_call_cli, steady, replicas=4)
+def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_call_cli, steady):
+    """A release that also scales 3 -> 4 and changes drain_timeout (which every replica
+    gets as the app's DRAIN_TIMEOUT), 2 at a time; its dry run tells the batches first."""
     new = unique_version("par")
-    wait_for(lambda: pool_settled(4), 30, "4 replicas of version 1")
     before = running_replicas()
-    pillar = {
-        "cabify": {
-            "pools": {"cabify": {"version": new, "replicas": 4, "release": FAST | {"max_parallel": 2}}}
-        }
-    }
-    dry = salt_call_cli.run("state.apply", "cabify", test=True, pillar=pillar)
+    settings = {"version": new, "replicas": 4, "drain_timeout": 7, "release": FAST | {"max_parallel": 2}}
+    dry = salt_call_cli.run(
+        "state.apply", "cabify", test=True, pillar={"cabify": {"pools": {"cabify": settings}}}
+    )
     plan = pool_state(dry.data)
     assert plan["result"] is None
-    assert [b["start"] for b in plan["changes"]["release"]["batches"]] == [2, 2]
+    assert [(b["start"], len(b["drain"])) for b in plan["changes"]["release"]["batches"]] == [(2, 2), (2, 1)]
     assert running_replicas() == before, "test=True changed the pool"
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, new, replicas=4, max_parallel=2)
+        ret = release(salt_call_cli, new, replicas=4, max_parallel=2, drain_timeout=7)
         assert ret.returncode == 0, failed_states(ret.data)
     load.assert_served()
     assert versions_running() == {new: 4}
+    import docker  # noqa: PLC0415
+
+    for name in running_replicas():
+        assert "DRAIN_TIMEOUT=7" in docker.from_env().containers.get(name).attrs["Config"]["Env"]
 
 
 def test_event_triggers_a_release(salt_call_cli, steady):
