@@ -13,14 +13,19 @@ The value is a version (``3``) or JSON that names the strategy, the canary's set
 and the release's settings too (``{"version": "3", "strategy": "canary", "canary":
 {...}, "settings": {"max_parallel": 2}}``). Event
 ``salt/beacon/<minion>/cabify_desired/<pool>`` with data ``{"pool", "key", "version",
-"previous"}`` (and ``strategy``, ``canary``, ``settings`` when the value named them). The first pass
-only remembers the values: a minion that starts does not release again what was
-already released.
+"previous"}`` (and ``strategy``, ``canary``, ``settings`` when the value named them).
+
+The values last seen are kept in the minion's cache (``cabify_desired.json``), so that
+neither a restart of the minion or of its beacons nor a Consul that answers with
+nothing while it starts releases again what was already released. The first pass ever
+only remembers the values; a key that comes later is a change.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import salt.utils.beacons
 
@@ -49,27 +54,54 @@ def validate(config) -> tuple[bool, str]:
     return True, "valid"
 
 
+def _memory_path() -> str:
+    return os.path.join(__opts__["cachedir"], "cabify_desired.json")
+
+
+def _remembered() -> dict | None:
+    """The values seen last, kept across restarts; None before the first pass ever."""
+    if "cabify_desired" not in __context__:
+        try:
+            with open(_memory_path(), encoding="utf-8") as handle:
+                __context__["cabify_desired"] = json.load(handle)
+        except (OSError, ValueError):
+            __context__["cabify_desired"] = None
+    return __context__["cabify_desired"]
+
+
+def _remember(seen: dict) -> None:
+    __context__["cabify_desired"] = seen
+    try:
+        tmp = _memory_path() + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(seen, handle)
+        os.replace(tmp, _memory_path())
+    except OSError as err:
+        log.warning("cabify_desired beacon: cannot keep what it saw in %s: %s", _memory_path(), err)
+
+
 def beacon(config) -> list[dict]:
     prefix = _prefix(config)
-    memory = __context__.setdefault("cabify_desired", {})
     try:
         values = __salt__["cabify_consul.kv_tree"](prefix)
     except Exception as err:  # noqa: BLE001 - a beacon never raises
         log.debug("cabify_desired beacon: %s not readable: %s", prefix, err)
         return []
-    first = "seen" not in memory
-    seen = memory.setdefault("seen", {})
+    remembered = _remembered()
+    seen = dict(remembered or {})
     found = []
     for key, value in sorted(values.items()):
         pool = key[len(prefix) :]
         if not pool or "/" in pool or value is None:
             continue
         previous, seen[key] = seen.get(key), value
-        if first or value == previous:
+        if remembered is None or value == previous:
             continue
         asked = _asked(value)
         if asked:
             found.append({"tag": pool, "pool": pool, "key": key, "previous": previous, **asked})
+    if seen != remembered:
+        _remember(seen)
     return found
 
 

@@ -73,11 +73,14 @@ def start(pool: str, version: str, drain_timeout: int) -> tuple[str, str]:
     return name, address
 
 
-def wait(what, timeout: float = 60, step: float = 0.1):
+def wait(what, timeout: float = 60, step: float = 0.1, must: bool = True):
+    """Poll WHAT until it is true; after TIMEOUT, stop the script (MUST) or go on."""
     deadline = time.monotonic() + timeout
     while not (found := what()):
         if time.monotonic() > deadline:
-            raise SystemExit(f"careful: timed out waiting for {what.__doc__ or what}")
+            if must:
+                raise SystemExit(f"careful: timed out waiting for {what.__doc__ or what}")
+            return found
         time.sleep(step)
     return found
 
@@ -87,7 +90,12 @@ def stop(pool: str, name: str, address: str, drain_timeout: int) -> None:
     if slot:
         haproxy(f"set server {pool}/{slot['svname']} state drain")
     consul("PUT", f"/v1/agent/service/deregister/careful-{name}")
-    wait(lambda: (row := server(pool, address)) is None or int(row["scur"] or 0) == 0, drain_timeout)
+    # 0 sessions, or drain_timeout reached: then the app's own drain finishes them.
+    wait(
+        lambda: (row := server(pool, address)) is None or int(row["scur"] or 0) == 0,
+        drain_timeout,
+        must=False,
+    )
     subprocess.run(["docker", "stop", "-t", str(drain_timeout + 2), name], capture_output=True, check=True)
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=True)
     if slot:
