@@ -55,10 +55,13 @@ def __virtual__():
 
 
 def _client():
-    try:
-        return docker.from_env(timeout=120)
-    except docker.errors.DockerException as err:
-        raise CommandExecutionError(f"cannot reach dockerd: {err}") from err
+    """One client per process (making one asks dockerd for its API version)."""
+    if "cabify_docker.client" not in __context__:
+        try:
+            __context__["cabify_docker.client"] = docker.from_env(timeout=120)
+        except docker.errors.DockerException as err:
+            raise CommandExecutionError(f"cannot reach dockerd: {err}") from err
+    return __context__["cabify_docker.client"]
 
 
 def _plan_utils():

@@ -68,7 +68,8 @@ def _rows(backend: str) -> list[dict]:
 def servers(backend: str) -> dict[str, dict]:
     """
     BACKEND's servers that have an address, by ``address:port``: slot name, role (the
-    server-template's prefix), state, weight and current sessions.
+    server-template's prefix), state, whether it is ``up`` (``UP``, or ``UP 1/2``: up
+    and serving, one more failed check from down), weight and current sessions.
 
     CLI Example:
 
@@ -81,6 +82,7 @@ def servers(backend: str) -> dict[str, dict]:
             "name": row["svname"],
             "role": row["svname"].rstrip("0123456789"),
             "state": row["status"],
+            "up": row["status"] == "UP" or row["status"].startswith("UP "),
             "weight": int(row.get("uweight") or row.get("weight") or 0),
             "sessions": int(row.get("scur") or 0),
         }

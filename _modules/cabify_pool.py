@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import urllib.request
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -32,6 +33,10 @@ from salt.exceptions import CommandExecutionError
 log = logging.getLogger(__name__)
 
 __virtualname__ = "cabify_pool"
+
+# How long a replica that was just started gets to answer /health before it is
+# registered anyway (critical until Consul's own check passes).
+HEALTH_PROBE_TIMEOUT = 2.0
 
 
 def __virtual__():
@@ -243,7 +248,7 @@ def apply_weights(pool: str, timeout: float = 20) -> dict:
         for replica in replicas:
             server = lb.get(f"{replica['address']}:{replica['port']}")
             want = weight_of(replica, current) or 1
-            if server and server["state"] == "UP" and server["weight"] != want:
+            if server and server["up"] and server["weight"] != want:
                 wrong.append(f"{replica['name']} ({server['weight']}, not {want})")
         if not wrong:
             return {"replicas": len(replicas), "weights": current}
@@ -251,17 +256,25 @@ def apply_weights(pool: str, timeout: float = 20) -> dict:
             raise CommandExecutionError(
                 f"HAProxy did not take the new weights within {timeout}s: {', '.join(wrong)}"
             )
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 # --- registration ----------------------------------------------------------------------------
 
 
-def register(pool: str, name: str, keep_status: bool = False, current_weights: dict | None = None) -> dict:
+def register(
+    pool: str,
+    name: str,
+    keep_status: bool = False,
+    current_weights: dict | None = None,
+    passing: bool = False,
+) -> dict:
     """
     Register POOL's running replica NAME in Consul with its weight (see
     :py:func:`weights`). KEEP_STATUS keeps the status of its check (a weight change
-    never takes a passing replica out of service for a check interval).
+    never takes a passing replica out of service for a check interval); PASSING starts
+    it passing (the replica has just answered its health check: Consul need not wait
+    up to a check interval for its first one).
 
     CLI Example:
 
@@ -272,7 +285,7 @@ def register(pool: str, name: str, keep_status: bool = False, current_weights: d
     replica = _docker("replica", name)
     if replica is None or replica["status"] != "running" or not replica["address"] or replica["pool"] != pool:
         raise CommandExecutionError(f"pool {pool} has no running replica named {name!r} with an address")
-    status = None
+    status = "passing" if passing else None
     if keep_status:
         status = _consul("registrations", pool).get(name, {}).get("status")
     current = current_weights if current_weights is not None else weights(pool)
@@ -335,7 +348,7 @@ def healthy(pool: str, name: str) -> bool:
     if not reg or reg["status"] != "passing":
         return False
     server = _lb("server", pool, reg["address"], reg["port"])
-    return bool(server and server["state"] == "UP")
+    return bool(server and server["up"])
 
 
 def wait_healthy(
@@ -360,9 +373,9 @@ def wait_healthy(
     """
     deadline = time.monotonic() + timeout
     healthy_since: dict[str, float] = {}
-    while True:
-        check_fence(fence)
-        now = time.monotonic()
+    looked_at_docker = 0.0
+
+    def crashed() -> None:
         current = {r["name"]: r for r in _docker("replicas", pool)}
         dead = [
             n
@@ -373,6 +386,14 @@ def wait_healthy(
         ]
         if dead:
             raise CommandExecutionError(f"replicas crashed before becoming healthy: {', '.join(dead)}")
+
+    while True:
+        check_fence(fence)
+        now = time.monotonic()
+        # Docker is asked once a second (it is the slow one), and before saying healthy.
+        if now - looked_at_docker >= 1:
+            crashed()
+            looked_at_docker = now
         registered = _consul("registrations", pool)
         lb = _lb("servers", pool)
         for name in names:
@@ -381,16 +402,18 @@ def wait_healthy(
             if server.get("state", "").startswith("DRAIN"):
                 # A slot that a drain left behind got this new replica: give it back.
                 _lb("set_state", pool, server["name"], "ready")
-            if reg.get("status") == "passing" and server.get("state") == "UP":
+            if reg.get("status") == "passing" and server.get("up"):
                 healthy_since.setdefault(name, now)
             else:
                 healthy_since.pop(name, None)
         if all(now - healthy_since.get(n, now + 1) >= min_healthy_time for n in names):
+            if looked_at_docker != now:
+                crashed()
             return
         if now > deadline:
             late = [n for n in names if n not in healthy_since]
             raise CommandExecutionError(f"replicas not healthy after {timeout:g}s: {', '.join(late)}")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def start(
@@ -415,7 +438,7 @@ def start(
     check_fence(fence)
     replica = _docker("start_replica", pool, version, role, env, resources, network or pool)
     try:
-        register(pool, replica["name"])
+        register(pool, replica["name"], passing=_answers_health(replica))
     except Exception:
         # Unregistered, nobody would know of it: it must not outlive the failure.
         try:
@@ -428,12 +451,34 @@ def start(
     return replica
 
 
-def drain(pool: str, name: str, drain_timeout: float = 10, fence: dict | None = None) -> dict:
+def _answers_health(replica: dict, timeout: float = HEALTH_PROBE_TIMEOUT) -> bool:
+    """REPLICA answered 200 on /health (what its Consul check asks) within TIMEOUT
+    seconds of starting; False when it did not (Consul's own check decides then)."""
+    if not replica.get("address"):
+        return False
+    url = f"http://{replica['address']}:{replica['port']}/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def drain(
+    pool: str, name: str, drain_timeout: float = 10, fence: dict | None = None, stop: bool = True
+) -> dict:
     """
     Take POOL's replica NAME out of service with no failed request: drain it in HAProxy
     (no new request), deregister it from Consul, wait until HAProxy shows no session on
     it (up to DRAIN_TIMEOUT), then stop it with SIGTERM (the app exits as soon as it is
     idle, at most its own DRAIN_TIMEOUT later) and remove it. Returns what it did.
+    Without STOP it is left to the caller to stop (it serves nothing any more), within
+    the returned ``stop_timeout`` seconds.
     HAProxy's slot stays drained until DNS refills it (see :py:func:`wait_healthy`)
     or :py:func:`reconcile` finds it empty.
 
@@ -456,7 +501,10 @@ def drain(pool: str, name: str, drain_timeout: float = 10, fence: dict | None = 
         idle = _lb("wait_idle", pool, replica["address"], replica["port"], drain_timeout)
     _failpoint("pool.drain")
     check_fence(fence)
-    _docker("stop_replica", name, max(1.0, drain_timeout - (time.monotonic() - started)) + 2)
+    stop_timeout = max(1.0, drain_timeout - (time.monotonic() - started)) + 2
+    if not stop:
+        return {"name": name, "slot": slot, "idle": idle, "stop_timeout": stop_timeout}
+    _docker("stop_replica", name, stop_timeout)
     # The slot stays in drain until DNS gives it another replica (wait_healthy puts it
     # back to ready) or reconcile finds it empty: nobody waits for DNS here.
     log.info(

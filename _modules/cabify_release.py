@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 __virtualname__ = "cabify_release"
 
 _UNFINISHED_PHASES = ("starting", "analysing", "inconclusive", "waiting for promote", "promoting", "aborting")
+# Releases kept in a pool's history (the oldest records go when a release ends).
+HISTORY_KEEP = 100
+# How long a release waits for a recovery that holds the pool's lock (it takes seconds).
+RECOVERY_WAIT = 60
 
 
 class Aborted(Exception):
@@ -72,11 +77,73 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class _Stops:
+    """Old replicas that a rolling release drained, stopped (SIGTERM, then removed) in
+    the background: they serve nothing any more, and the next batch need not wait for
+    their process to exit. :py:meth:`wait` is called before the next batch drains and
+    before the release ends or reverts; it raises what failed."""
+
+    def __init__(self):
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+
+    def start(self, name: str, timeout: float) -> None:
+        def stop() -> None:
+            try:
+                __salt__["cabify_docker.stop_replica"](name, timeout)
+            except Exception as err:  # noqa: BLE001 - raised by wait()
+                self.errors.append(f"stopping {name}: {err}")
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(stop,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def wait(self) -> None:
+        threads, self.threads = self.threads, []
+        for thread in threads:
+            thread.join()
+        errors, self.errors = self.errors, []
+        if errors:
+            raise CommandExecutionError("; ".join(errors))
+
+
+class _Events:
+    """A release's progress events, sent in order by a thread of their own: the release
+    never waits on the master to take one (under load that is 0.1 s an event)."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        # Salt's loader dunders live in context variables: the thread gets a copy.
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,), daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                __salt__["event.send"](*item)
+            except Exception as err:  # noqa: BLE001 - progress is told, never in the way
+                log.warning("cabify release: sending event %s failed: %s", item[0], err)
+
+    def close(self, timeout: float = 10) -> None:
+        """Send what is queued (for up to TIMEOUT seconds) and stop."""
+        self.queue.put(None)
+        self.thread.join(timeout)
+
+
+# The event senders of the releases running in this process, by release id.
+_EVENTS: dict[str, _Events] = {}
+
+
 def _progress(current: dict, step: str, /, **data: Any) -> None:
     """A progress event ``cabify/release/<id>/<step>`` of the CURRENT release (shown by
     ``salt-run state.event``), and a log line."""
     log.info("cabify release %s of pool %s: %s %s", current["id"], current["pool"], step, data)
-    __salt__["event.send"](f"cabify/release/{current['id']}/{step}", {"pool": current["pool"], **data})
+    event = (f"cabify/release/{current['id']}/{step}", {"pool": current["pool"], **data})
+    sender = _EVENTS.get(current["id"])
+    if sender is not None:
+        sender.queue.put(event)
+    else:
+        __salt__["event.send"](*event)
 
 
 # --- lock and history ------------------------------------------------------------------------
@@ -122,6 +189,22 @@ def history(pool: str) -> list[dict]:
     """
     records = _consul("kv_tree", _kv("history", pool))
     return sorted((r for r in records.values() if isinstance(r, dict)), key=lambda r: r["id"], reverse=True)
+
+
+def prune_history(pool: str, keep: int = HISTORY_KEEP) -> list[str]:
+    """
+    Delete all but the KEEP newest records of POOL's history; the ids deleted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_release.prune_history cabify keep=20
+    """
+    old = [r["id"] for r in history(pool)[int(keep) :] if r.get("result") != "running"]
+    for release_id in old:
+        _consul("kv_delete", _kv("history", pool, release_id))
+    return old
 
 
 class _Renewal:
@@ -173,15 +256,10 @@ def _run_release(pool: str, strategy: str, version: str, lock_ttl: float, body) 
     holder_value = {k: release[k] for k in ("id", "minion", "strategy", "to", "started")} | {
         "pid": os.getpid()
     }
-    session = _consul("lock_acquire", key, holder_value, max(10, int(lock_ttl)))
-    if session is None:
-        other = holder(pool) or {}
-        raise CommandExecutionError(
-            f"another release of pool {pool} is running: release {other.get('id')} to version "
-            f"{other.get('to')} on {other.get('minion')}, started {other.get('started')}"
-        )
+    session = _take_lock(pool, key, holder_value, max(10, int(lock_ttl)))
     fence = {"key": key, "session": session, "release": release_id}
     renewal = _Renewal(session, max(10, int(lock_ttl)))
+    _EVENTS[release_id] = _Events()
     try:
         record(pool, release)
         _progress(release, "start", release=release)
@@ -206,10 +284,34 @@ def _run_release(pool: str, strategy: str, version: str, lock_ttl: float, body) 
         release.update(ended=_now(), ended_at=time.time())
         renewal.stop.set()
         _quietly("recording the release", record, pool, release)
-        _quietly("sending the end event", _progress, release, "end", release=release)
         if not renewal.lost.is_set():
             _quietly("releasing the lock", _consul, "lock_release", key, session)
+        _quietly("sending the end event", _progress, release, "end", release=release)
+        _EVENTS.pop(release_id).close()
+        _quietly("pruning the history", prune_history, pool)
     return release
+
+
+def _take_lock(pool: str, key: str, value: dict, ttl: int) -> str:
+    """A session holding POOL's lock KEY, or an error naming the release that holds it.
+    A recovery (what the heal does for a release that died: seconds) is waited for, up to
+    RECOVERY_WAIT seconds, and so is a lock that was let go of between the attempt and
+    the look at its holder: neither is another release running."""
+    deadline = time.monotonic() + RECOVERY_WAIT
+    while True:
+        session = _consul("lock_acquire", key, value, ttl)
+        if session is not None:
+            return session
+        other = holder(pool)
+        if time.monotonic() < deadline and (other is None or other.get("strategy") == "recovery"):
+            log.info("cabify: pool %s: waiting for %s to let go of the lock", pool, (other or {}).get("id"))
+            time.sleep(0.5)
+            continue
+        other = other or {}
+        raise CommandExecutionError(
+            f"another release of pool {pool} is running: release {other.get('id')} to version "
+            f"{other.get('to')} on {other.get('minion')}, started {other.get('started')}"
+        )
 
 
 def _lock_still_held(fence: dict) -> bool:
@@ -323,6 +425,7 @@ def _roll(
         _pool("drain", pool, name, drain_timeout=0, fence=fence)
     started: list[str] = []
     drained: dict[str, dict | None] = {}
+    stops = _Stops()
     _quietly("sending the plan", _progress, release, "plan", version=version, batches=steps["batches"])
     for number, batch in enumerate(steps["batches"], start=1):
         _quietly(
@@ -357,11 +460,16 @@ def _roll(
                     "sending batch-healthy", _progress, release, "batch-healthy", number=number, started=new
                 )
             healthy = True
+            stops.wait()  # the last batch's old replicas are gone before more go
             for name in batch["drain"]:
                 drained[name] = __salt__["cabify_docker.clone_spec"](name)
                 _failpoint("release.drain")
-                _pool("drain", pool, name, drain_timeout=settings["drain_timeout"], fence=fence)
+                out = _pool(
+                    "drain", pool, name, drain_timeout=settings["drain_timeout"], fence=fence, stop=False
+                )
+                stops.start(name, out.get("stop_timeout", settings["drain_timeout"] + 2))
         except Exception as err:  # whatever failed, the old version must keep serving
+            _quietly("stopping drained replicas", stops.wait)
             if not _lock_still_held(fence):
                 raise
             _quietly("sending failed", _progress, release, "failed", batch=number, reason=str(err))
@@ -385,6 +493,12 @@ def _roll(
             started=new,
             drained=batch["drain"],
         )
+    try:
+        stops.wait()
+    except Exception as err:  # noqa: BLE001 - the drained replicas must not linger: again, in the foreground
+        log.warning("cabify: pool %s: %s; removing the drained replicas again", pool, err)
+        for name in drained:
+            _best_effort(f"removing drained replica {name}", __salt__["cabify_docker.remove_replica"], name)
     _quietly("reconciling", _pool, "reconcile", pool)
     return {"started": started, "removed": list(drained) + steps["remove_stopped"]}
 

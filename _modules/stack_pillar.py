@@ -104,6 +104,7 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "runtime_api:socket": ("abs_path", True),
         "resolvers:nameserver": ("ip", True),
         "resolvers:port": ("port", True),
+        "resolvers:interval": ("haproxy_time", True),
         "resolvers:hold_valid": ("haproxy_time", True),
         "request_log:ring": ("dns_name", True),
         "request_log:size": ("positive_int", True),

@@ -103,8 +103,26 @@ def stop(pool: str, name: str, address: str, drain_timeout: int) -> None:
 
 
 def up(pool: str, address: str) -> bool:
+    """UP in HAProxy (``UP``, or ``UP 1/2`` when it has just risen); a slot that an
+    earlier drain left in drain is put back to ready (HAProxy keeps a slot's admin state
+    when DNS gives it a new address)."""
     row = server(pool, address)
-    return bool(row and row["status"] == "UP")
+    if row and row["status"] == "DRAIN":
+        haproxy(f"set server {pool}/{row['svname']} state ready")
+    return bool(row and (row["status"] == "UP" or row["status"].startswith("UP ")))
+
+
+def remove_leftovers() -> None:
+    """What a former run that was stopped half-way left: its containers and registrations."""
+    names = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=cabify.careful=1"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    if names:
+        subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=True)
+    for service_id in json.loads(consul("GET", "/v1/agent/services")):
+        if service_id.startswith("careful-"):
+            consul("PUT", f"/v1/agent/service/deregister/{service_id}")
 
 
 def main() -> None:
@@ -120,6 +138,7 @@ def main() -> None:
     parser.add_argument("--state", default="/tmp/careful.json")  # noqa: S108 - the bench's own scratch file
     args = parser.parse_args()
     if args.command == "setup":
+        remove_leftovers()
         replicas = [start(args.pool, args.version, args.drain_timeout) for _ in range(args.replicas)]
         for _, address in replicas:
             wait(lambda address=address: up(args.pool, address))

@@ -7,9 +7,12 @@ way an operator does it: `salt-call state.apply cabify pillar=...`. The release'
 progress events (`cabify/release/<id>/...`, read with `salt-run state.event`) mark its
 phases. Writes, in --out (default bench/results/):
 
-- rolling.json: requests, failed, latency p50/p99/max, release wall time, time per phase
-- rolling.png: requests per second and latency over time, coloured by the version that
-  answered, with the release's phases marked
+- rolling.json: the careful baseline and this project's release at min_healthy_time 0,
+  --runs times each, alternating (medians and every run); one release at
+  min_healthy_time 3; per release: requests, failed, latency p50/p99/max, wall time,
+  time per phase
+- rolling.png: requests per second and latency over time of the min_healthy_time 3
+  release, coloured by the version that answered, with the release's phases marked
 
 Run with `make bench` (which runs `make up` first), or alone:
     /opt/cabify-salt/bench-venv/bin/python bench/rolling.py --replicas 3 --workers 8
@@ -105,7 +108,7 @@ def plot(load: LoadClient, t0: float, result: dict, path: pathlib.Path, title: s
     fig.savefig(path, dpi=100)
 
 
-def careful_baseline(args) -> dict:
+def careful_baseline(args, settle: float) -> dict:
     """The hand-made careful rolling (bench/careful.py) under the same load, on replicas
     of its own: the pool's are scaled to 0 first and back after."""
     careful = [sys.executable, str(REPO / "bench" / "careful.py")]
@@ -121,9 +124,9 @@ def careful_baseline(args) -> dict:
     salt_call("state.apply", "cabify", f"pillar={pool_pillar(args.from_version, 0)}")
     subprocess.run([*careful, "setup", *common], check=True)
     with LoadClient(workers=args.workers, max_seconds=900, keep_samples=True) as load:
-        time.sleep(args.settle)
+        time.sleep(settle)
         done = subprocess.run([*careful, "release", *common], check=True, capture_output=True, text=True)
-        time.sleep(args.settle)
+        time.sleep(settle)
     subprocess.run([*careful, "teardown", *common], check=True)
     baseline = json.loads(done.stdout)
     latencies = [lat for _, lat, _ in load.samples]
@@ -138,7 +141,7 @@ def careful_baseline(args) -> dict:
     }
 
 
-def release_under_load(args, min_healthy_time: float) -> tuple[dict, LoadClient, float]:
+def release_under_load(args, min_healthy_time: float, settle: float) -> tuple[dict, LoadClient, float]:
     """This project's rolling release (state.apply) under load."""
     quick = {"max_parallel": 3, "min_healthy_time": 0}
     salt_call(
@@ -147,7 +150,7 @@ def release_under_load(args, min_healthy_time: float) -> tuple[dict, LoadClient,
     events = ReleaseEvents()
     with LoadClient(workers=args.workers, max_seconds=900, keep_samples=True) as load:
         t0 = time.monotonic()
-        time.sleep(args.settle)  # load before the release: the baseline of the plot
+        time.sleep(settle)  # load before the release: the baseline of the plot
         to = f"{args.from_version} -> {args.to_version}"
         print(f"bench: releasing {to} under load, min_healthy_time {min_healthy_time}", flush=True)
         started = time.monotonic()
@@ -156,18 +159,23 @@ def release_under_load(args, min_healthy_time: float) -> tuple[dict, LoadClient,
             "state.apply", "cabify", f"pillar={pool_pillar(args.to_version, args.replicas, release=release)}"
         )
         ended = time.monotonic()
-        time.sleep(args.settle)
+        time.sleep(settle)
     events.stop()
     result = summary(load, t0, (started, ended), events.events)
-    result["release_s"] = release_span(events.events)
+    result["release_s"] = release_span()
     return result, load, t0
 
 
-def release_span(events: list) -> float | None:
-    """Seconds from the release's start event to its end event (the release itself,
-    without salt-call's own start-up)."""
-    times = {tag.rsplit("/", 1)[-1]: at for at, tag, _ in events if tag.startswith("cabify/release/")}
-    return round(times["end"] - times["start"], 2) if "start" in times and "end" in times else None
+def release_span() -> float:
+    """Seconds of the pool's last release as its history record has them: from taking
+    the pool's lock to the end (the release itself, without salt-call's own start-up)."""
+    last = salt_call("cabify_release.history", "cabify")["local"][0]
+    return round(last["ended_at"] - last["started_at"], 2)
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run whose KEY is the median of RUNS."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
 
 
 def main() -> None:
@@ -178,6 +186,7 @@ def main() -> None:
     parser.add_argument(
         "--settle", type=float, default=5, help="seconds of load before and after the release"
     )
+    parser.add_argument("--runs", type=int, default=3, help="runs of the baseline and of the release")
     parser.add_argument("--from-version", default="bench-1")
     parser.add_argument("--to-version", default="bench-2")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "bench" / "results")
@@ -188,19 +197,27 @@ def main() -> None:
     for version in (args.from_version, args.to_version):
         salt_call("state.apply", "cabify.install", f"pillar={pool_pillar(version, args.replicas)}")
 
-    baseline = careful_baseline(args)
-    results = {"careful_by_hand": baseline}
-    for min_healthy_time in (0, 3):
-        result, load, t0 = release_under_load(args, min_healthy_time)
-        results[f"min_healthy_time_{min_healthy_time}"] = result
-        if min_healthy_time == 3:
-            plot(
-                load,
-                t0,
-                result,
-                args.out / "rolling.png",
-                f"rolling {args.from_version} -> {args.to_version}",
-            )
+    # The baseline and the project's release at min_healthy_time 0 in turns, RUNS times
+    # each: a release's time varies by a second from run to run (Consul's first check,
+    # HAProxy's resolution interval), the medians are compared.
+    careful_runs, project_runs = [], []
+    for run in range(1, args.runs + 1):
+        print(f"bench: run {run} of {args.runs}", flush=True)
+        careful_runs.append(careful_baseline(args, settle=1))
+        project_runs.append(release_under_load(args, 0, settle=1)[0])
+    results = {
+        "careful_by_hand": median_run(careful_runs, "release_wall_s"),
+        "min_healthy_time_0": median_run(project_runs, "release_s"),
+        "runs": {
+            "careful_by_hand_s": [r["release_wall_s"] for r in careful_runs],
+            "min_healthy_time_0_release_s": [r["release_s"] for r in project_runs],
+            "min_healthy_time_0_state_apply_s": [r["release_wall_s"] for r in project_runs],
+            "failed": sum(r["failed"] for r in careful_runs + project_runs),
+        },
+    }
+    result, load, t0 = release_under_load(args, 3, settle=args.settle)
+    results["min_healthy_time_3"] = result
+    plot(load, t0, result, args.out / "rolling.png", f"rolling {args.from_version} -> {args.to_version}")
     results["settings"] = vars(args) | {"out": str(args.out)}
     (args.out / "rolling.json").write_text(json.dumps(results, indent=2) + "\n")
     brief = {

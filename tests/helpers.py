@@ -144,8 +144,14 @@ def registered(pool: str = "cabify") -> dict[str, str]:
     return {sid: s["Address"] for sid, s in services.items() if (s.get("Meta") or {}).get("pool") == pool}
 
 
+def is_up(status: str) -> bool:
+    """HAProxy serves the server: ``UP``, or ``UP 1/2`` (just risen, or one failed check
+    from down)."""
+    return status == "UP" or status.startswith("UP ")
+
+
 def haproxy_up_addresses(pool: str = "cabify") -> set[str]:
-    return {s["addr"].rsplit(":", 1)[0] for s in haproxy_servers(pool) if s["status"] == "UP"}
+    return {s["addr"].rsplit(":", 1)[0] for s in haproxy_servers(pool) if is_up(s["status"])}
 
 
 def pool_settled(count: int, pool: str = "cabify") -> bool:
@@ -155,7 +161,7 @@ def pool_settled(count: int, pool: str = "cabify") -> bool:
         len(running) == count
         and registered(pool) == running
         and haproxy_up_addresses(pool) == set(running.values())
-        and all(s["status"] in ("UP", "MAINT") or not s["addr"] for s in haproxy_servers(pool))
+        and all(is_up(s["status"]) or s["status"] == "MAINT" or not s["addr"] for s in haproxy_servers(pool))
     )
 
 

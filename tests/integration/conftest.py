@@ -18,6 +18,7 @@ from tests.helpers import (
     containers,
     failed_states,
     haproxy_servers,
+    is_up,
     kv_get,
     pool_settled,
     versions_running,
@@ -76,7 +77,7 @@ class StandInReplica:
 
 
 def haproxy_server_up(port: int) -> bool:
-    return any(s["status"] == "UP" and s.get("addr", "").endswith(f":{port}") for s in haproxy_servers())
+    return any(is_up(s["status"]) and s.get("addr", "").endswith(f":{port}") for s in haproxy_servers())
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from tests.helpers import (
     failed_states,
     haproxy_info,
     haproxy_servers,
+    is_up,
     kv_get,
     last_release,
     pool_settled,
@@ -119,7 +120,7 @@ def test_weight_is_the_share_of_requests_whatever_the_counts(
 def weights_by_role() -> dict[str, set[int]]:
     found: dict[str, set[int]] = {}
     for server in haproxy_servers():
-        if server["status"] == "UP":
+        if is_up(server["status"]):
             found.setdefault(server["svname"].rstrip("0123456789"), set()).add(int(server["weight"]))
     return found
 
