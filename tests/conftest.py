@@ -61,6 +61,12 @@ class TimedCli:
             TimedCli.calls.append((" ".join(str(a) for a in args[:1]), time.monotonic() - started))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # salt-factories' daemons log their own stop after pytest has closed the streams
+    # its log handlers write to: no "--- Logging error ---" tracebacks after the summary.
+    logging.raiseExceptions = False
+
+
 def pytest_terminal_summary(terminalreporter):
     if TimedCli.calls:
         total = sum(seconds for _, seconds in TimedCli.calls)
