@@ -17,7 +17,9 @@ and the release's settings too (``{"version": "3", "strategy": "canary", "canary
 
 The values last seen are kept in the minion's cache (``cabify_desired.json``), so that
 neither a restart of the minion or of its beacons nor a Consul that answers with
-nothing while it starts releases again what was already released. The first pass ever
+nothing while it starts releases again what was already released; the keys are read
+consistently (a Consul that has just restarted answers, for a moment, with older
+values). The first pass ever
 only remembers the values; a key that comes later is a change.
 """
 
@@ -83,7 +85,8 @@ def _remember(seen: dict) -> None:
 def beacon(config) -> list[dict]:
     prefix = _prefix(config)
     try:
-        values = __salt__["cabify_consul.kv_tree"](prefix)
+        # Consistent: a Consul that restarts answers with older values for a moment.
+        values = __salt__["cabify_consul.kv_tree"](prefix, consistent=True)
     except Exception as err:  # noqa: BLE001 - a beacon never raises
         log.debug("cabify_desired beacon: %s not readable: %s", prefix, err)
         return []

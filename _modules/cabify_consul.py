@@ -176,17 +176,20 @@ def kv_get(key: str) -> Any:
     return __utils__["cabify_kv.decode"](entry.get("Value")) if entry else None
 
 
-def kv_tree(prefix: str) -> dict[str, Any]:
+def kv_tree(prefix: str, consistent: bool = False) -> dict[str, Any]:
     """
-    Every key under PREFIX with its decoded value.
+    Every key under PREFIX with its decoded value. CONSISTENT reads go through the
+    leader once it has applied its whole log: a Consul that has just restarted may
+    otherwise answer, for a moment, with values older than those it answered before.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call cabify_consul.kv_tree cabify/desired/
+        salt-call cabify_consul.kv_tree cabify/desired/ consistent=True
     """
-    _, entries = _call(f"reading {prefix}", _client().kv.get, prefix, recurse=True)
+    extra = {"consistency": "consistent"} if consistent else {}
+    _, entries = _call(f"reading {prefix}", _client().kv.get, prefix, recurse=True, **extra)
     return {e["Key"]: __utils__["cabify_kv.decode"](e.get("Value")) for e in entries or []}
 
 

@@ -16,7 +16,8 @@ class Consul:
     def __init__(self):
         self.values: dict = {}
 
-    def kv_tree(self, prefix):
+    def kv_tree(self, prefix, consistent=False):
+        assert consistent, "the beacon must read consistently (a restarting Consul answers stale values)"
         return dict(self.values)
 
 
