@@ -121,7 +121,8 @@ def replicas(pool: str | None = None, all: bool = True) -> list[dict]:
     """
     label = f"{LABEL_POOL}={pool}" if pool else LABEL_POOL
     try:
-        found = _client().containers.list(all=all, filters={"label": label})
+        # A container removed between the listing and its inspection is not a replica.
+        found = _client().containers.list(all=all, filters={"label": label}, ignore_removed=True)
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"docker: listing replicas: {err}") from err
     return sorted((_info(c) for c in found), key=lambda r: r["name"])

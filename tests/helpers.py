@@ -119,7 +119,9 @@ def pool_state(ret_data: dict, pool: str = "cabify") -> dict:
 
 
 def containers(pool: str = "cabify", all: bool = False) -> list:
-    return docker.from_env().containers.list(all=all, filters={"label": f"cabify.pool={pool}"})
+    return docker.from_env().containers.list(
+        all=all, filters={"label": f"cabify.pool={pool}"}, ignore_removed=True
+    )
 
 
 def running_replicas(pool: str = "cabify") -> dict[str, str]:
