@@ -158,7 +158,7 @@ def test_unreachable_share_is_said_before_and_during_the_release(salt_call_cli, 
 
 
 def test_long_canary_through_orch_succeeds_and_promotion_never_steps_back(salt_run_cli, stable_pool):
-    """A canary of about 90 s through orch.canary: the orchestration reports the
+    """A canary of more than 80 s through orch.canary: the orchestration reports the
     release's own success (Salt's batch driver gave up at 70 s before), and from the
     moment promotion starts the new version's share only rises, from the last step's 60 %."""
     steps = [{"weight": 20, "pause": 20}, {"weight": 60, "pause": 45}]
