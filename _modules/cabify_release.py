@@ -305,6 +305,7 @@ def _take_lock(pool: str, key: str, value: dict, ttl: int) -> str:
         other = holder(pool)
         if time.monotonic() < deadline and (other is None or other.get("strategy") == "recovery"):
             log.info("cabify: pool %s: waiting for %s to let go of the lock", pool, (other or {}).get("id"))
+            _failpoint("release.lock-wait")
             time.sleep(0.5)
             continue
         other = other or {}

@@ -65,6 +65,26 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, ste
     assert "gave back 1 old one(s)" in record["reason"], record["reason"]
 
 
+def test_old_replica_that_fails_to_stop_stops_the_release_and_is_given_back(
+    salt_call_cli, steady, failpoints
+):
+    """An old replica is stopped in the background once drained; dockerd errs on that
+    stop. The release stops at its next batch and reverts: the very same old replica
+    (it still runs) serves again, and nothing of the new version stays."""
+    before = running_replicas()
+    failpoints({"docker.stop": {"action": "docker-error", "times": 1}})
+    with LoadClient(max_seconds=120) as load:
+        ret = release(salt_call_cli, unique_version("f-stop-"))
+        assert ret.returncode != 0, "a release whose old replica failed to stop succeeded"
+        assert_pool_whole(steady)
+    load.assert_served()
+    assert running_replicas() == before, "the old replica that failed to stop was not given back"
+    record = last_release()
+    assert record["result"] == "failed" and "injected failure at failpoint docker.stop" in record["reason"], (
+        record
+    )
+
+
 @pytest.mark.parametrize(
     ("failpoint", "action"),
     [("release.canary-step", "consul-error"), ("docker.start", "docker-error")],

@@ -4,10 +4,12 @@ prints the plan, and every trigger (event, KV key, orchestration, runner)."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 from tests.helpers import (
     CONSUL,
+    consul,
     failed_states,
     http,
     kv_get,
@@ -19,7 +21,7 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
-from tests.integration.conftest import QUICK_RELEASE, unique_version
+from tests.integration.conftest import FAILPOINTS, QUICK_RELEASE, unique_version
 from tests.load import LoadClient
 
 FAST = {"min_healthy_time": 1, "healthy_deadline": 15}
@@ -98,6 +100,52 @@ def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, steady):
         failed_states(results["first"].data) or results["first"].stderr[-2000:]
     )
     assert versions_running() == {first_version: 3}
+
+
+def _failpoint_times(name: str) -> int:
+    """How many more times failpoint NAME fires (0 once it is used up)."""
+    armed = json.loads(FAILPOINTS.read_text()) if FAILPOINTS.exists() else {}
+    return int(armed.get(name, {}).get("times", 0))
+
+
+def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_call_cli, steady, failpoints):
+    """A release asked while the heal's recovery holds the pool's lock waits for it
+    instead of being refused. When it ends, the pool's history keeps its newest 100
+    records (and any still running)."""
+    seeded = [f"20000101T{n:06d}-seed" for n in range(100)]  # older than any real release
+    for release_id in seeded:
+        record = {"id": release_id, "pool": "cabify", "to": "0", "result": "succeeded"}
+        assert consul("PUT", f"/v1/kv/cabify/history/cabify/{release_id}", record) is True
+    before = kv_tree("cabify/history/cabify/")
+    # The failpoint fires on each wait for the lock and changes nothing: its count shows the wait.
+    failpoints({"release.lock-wait": {"action": "sleep", "seconds": 0, "times": 1000}})
+    session = consul(
+        "PUT",
+        "/v1/session/create",
+        {"Name": "test recovery", "TTL": "60s", "LockDelay": "0s", "Behavior": "delete"},
+    )
+    recovery = {"id": "recovery-test", "minion": "test", "strategy": "recovery"}
+    assert consul("PUT", f"/v1/kv/cabify/locks/cabify?acquire={session['ID']}", recovery) is True
+    new = unique_version("wait")
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(ret=release(salt_call_cli, new)))
+    thread.start()
+    try:
+        wait_for(
+            lambda: _failpoint_times("release.lock-wait") < 1000, 60, "the release waiting for the recovery"
+        )
+    finally:
+        consul("PUT", f"/v1/session/destroy/{session['ID']}")
+        thread.join(timeout=300)
+    assert result["ret"].returncode == 0, failed_states(result["ret"].data) or result["ret"].stderr[-2000:]
+    record = last_release()
+    assert record["to"] == new and record["result"] == "succeeded", record
+    assert versions_running() == {new: 3}
+
+    after = kv_tree("cabify/history/cabify/")
+    ids = sorted({r["id"] for r in before.values()} | {record["id"]}, reverse=True)
+    running = {r["id"] for r in before.values() if r.get("result") == "running"}
+    assert {r["id"] for r in after.values()} == set(ids[:100]) | running
 
 
 def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_call_cli, steady):
