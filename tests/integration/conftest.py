@@ -94,7 +94,7 @@ def stand_in_replica(highstate) -> Iterator[StandInReplica]:
 
 
 def converge_pool(
-    salt_call_cli,
+    salt_cli,
     pool: str = "cabify",
     version: str = "1",
     replicas: int = 3,
@@ -106,7 +106,7 @@ def converge_pool(
     pillar = {
         "cabify": {"pools": {**(others or {}), pool: {"version": version, "replicas": replicas, **settings}}}
     }
-    ret = salt_call_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
+    ret = salt_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
     assert ret.returncode == 0, failed_states(ret.data) or ret.stderr[-2000:]
     wait_for(
         lambda: (
@@ -125,7 +125,7 @@ QUICK_RELEASE = {"max_parallel": 3, "min_healthy_time": 0}
 STACK_SPEC = {"env": {"DRAIN_TIMEOUT": "5"}, "resources": {"memory": "128m", "cpus": 0.5}}
 
 
-def ensure_pool(salt_call_cli, pool: str = "cabify", version: str | None = "1", replicas: int = 3) -> str:
+def ensure_pool(salt_cli, pool: str = "cabify", version: str | None = "1", replicas: int = 3) -> str:
     """The pool as pillar/stack.sls makes it, at VERSION (any one version when None) and
     REPLICAS, with no release state left (lock, weights, canaries): converged only when
     the real services say it is not so already. Returns the version that runs."""
@@ -149,7 +149,7 @@ def ensure_pool(salt_call_cli, pool: str = "cabify", version: str | None = "1", 
         and kv_get(f"cabify/locks/{pool}") is None
     ):
         return running.pop()
-    converge_pool(salt_call_cli, pool, version or "1", replicas, release=QUICK_RELEASE)
+    converge_pool(salt_cli, pool, version or "1", replicas, release=QUICK_RELEASE)
     return version or "1"
 
 
@@ -159,16 +159,16 @@ def unique_version(prefix: str) -> str:
 
 
 @pytest.fixture
-def pool_of_three(salt_call_cli, highstate):
+def pool_of_three(salt_cli, highstate):
     """Pool cabify at 3 replicas of version 1."""
-    ensure_pool(salt_call_cli)
+    ensure_pool(salt_cli)
 
 
 @pytest.fixture
-def steady(salt_call_cli, highstate) -> str:
+def steady(salt_cli, highstate) -> str:
     """Pool cabify at 3 stable replicas of one version, whichever the last test left
     (release tests go forward from it instead of going back first); that version."""
-    return ensure_pool(salt_call_cli, version=None)
+    return ensure_pool(salt_cli, version=None)
 
 
 @pytest.fixture

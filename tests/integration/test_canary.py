@@ -75,23 +75,19 @@ def spec_of(name: str) -> str:
 
 
 @pytest.fixture
-def stable_pool(salt_call_cli, highstate):
+def stable_pool(salt_cli, highstate):
     """3 stable replicas of one version (whichever the last test left), no canary
     weights left behind; that version."""
-    yield ensure_pool(salt_call_cli, version=None)
-    assert kv_get("cabify/weights/cabify") is None or salt_call_cli.run("cabify_pool.clear_weights", "cabify")
+    yield ensure_pool(salt_cli, version=None)
+    assert kv_get("cabify/weights/cabify") is None or salt_cli.run("cabify_pool.clear_weights", "cabify")
 
 
-def start_canaries(salt_call_cli, version: str, count: int) -> list[str]:
-    ret = salt_call_cli.run(
-        "cabify_docker.build_image", version, "/var/cache/cabify/app", "cabify-base:bookworm"
-    )
+def start_canaries(salt_cli, version: str, count: int) -> list[str]:
+    ret = salt_cli.run("cabify_docker.build_image", version, "/var/cache/cabify/app", "cabify-base:bookworm")
     assert ret.returncode == 0, ret.stderr
     names = []
     for _ in range(count):
-        ret = salt_call_cli.run(
-            "cabify_pool.start", "cabify", version, role="canary", env={"DRAIN_TIMEOUT": "5"}
-        )
+        ret = salt_cli.run("cabify_pool.start", "cabify", version, role="canary", env={"DRAIN_TIMEOUT": "5"})
         assert ret.returncode == 0, ret.stderr
         names.append(ret.data["name"])
     return names
@@ -99,13 +95,13 @@ def start_canaries(salt_call_cli, version: str, count: int) -> list[str]:
 
 @pytest.mark.parametrize(("stable", "canaries"), [(3, 1), (2, 2)])
 def test_weight_is_the_share_of_requests_whatever_the_counts(
-    salt_call_cli, stable_pool, stable, canaries, manual_canary_lock
+    salt_cli, stable_pool, stable, canaries, manual_canary_lock
 ):
     if stable != 3:
-        converge_pool(salt_call_cli, replicas=stable, release=QUICK_RELEASE)
-    names = start_canaries(salt_call_cli, "canary-share", canaries)
+        converge_pool(salt_cli, replicas=stable, release=QUICK_RELEASE)
+    names = start_canaries(salt_cli, "canary-share", canaries)
     try:
-        ret = salt_call_cli.run("cabify_pool.set_weights", "cabify", 20, spec_of(names[0]))
+        ret = salt_cli.run("cabify_pool.set_weights", "cabify", 20, spec_of(names[0]))
         assert ret.returncode == 0, ret.stderr
         wait_for(lambda: pool_settled(stable + canaries), 30, "stable and canary replicas UP in HAProxy")
         with LoadClient(workers=4, max_requests=2400) as load:
@@ -114,7 +110,7 @@ def test_weight_is_the_share_of_requests_whatever_the_counts(
         load.assert_served()
         assert abs(share - 0.20) <= 0.03, f"canary share {share:.1%} with {stable} stable + {canaries} canary"
     finally:
-        salt_call_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
+        salt_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
 
 
 def weights_by_role() -> dict[str, set[int]]:
@@ -125,18 +121,18 @@ def weights_by_role() -> dict[str, set[int]]:
     return found
 
 
-def test_weight_change_needs_no_reload_and_survives_one(salt_call_cli, stable_pool, manual_canary_lock):
+def test_weight_change_needs_no_reload_and_survives_one(salt_cli, stable_pool, manual_canary_lock):
     pid = haproxy_info()["Pid"]
-    names = start_canaries(salt_call_cli, "canary-share", 1)
+    names = start_canaries(salt_cli, "canary-share", 1)
     try:
-        assert salt_call_cli.run("cabify_pool.set_weights", "cabify", 20, spec_of(names[0])).returncode == 0
+        assert salt_cli.run("cabify_pool.set_weights", "cabify", 20, spec_of(names[0])).returncode == 0
         wait_for(
             lambda: weights_by_role() == {"stable": {4}, "canary": {3}},
             30,
             "stable servers at weight 4 and the canary, once UP, at 3",
         )
         assert haproxy_info()["Pid"] == pid, "HAProxy was reloaded for a weight change"
-        assert salt_call_cli.run("service.reload", "haproxy").returncode == 0
+        assert salt_cli.run("service.reload", "haproxy").returncode == 0
         wait_for(lambda: haproxy_info()["Pid"] != pid, 30, "HAProxy's reload")
         wait_for(
             lambda: weights_by_role() == {"stable": {4}, "canary": {3}},
@@ -144,12 +140,12 @@ def test_weight_change_needs_no_reload_and_survives_one(salt_call_cli, stable_po
             "the canary weights back in the reloaded HAProxy (from the SRV records)",
         )
     finally:
-        salt_call_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
+        salt_cli.run("cabify_pool.remove_role", "cabify", "canary", 1)
 
 
-def test_unreachable_share_is_said_before_and_during_the_release(salt_call_cli, stable_pool):
+def test_unreachable_share_is_said_before_and_during_the_release(salt_cli, stable_pool):
     pillar = canary_pillar(unique_version("c-99-"), steps=[{"weight": 99, "pause": 1}])
-    dry = pool_state(salt_call_cli.run("state.apply", "cabify", test=True, pillar=pillar).data)
+    dry = pool_state(salt_cli.run("state.apply", "cabify", test=True, pillar=pillar).data)
     assert dry["result"] is None
     assert "step 1: 99% asked, 98.84% given with 3 stable + 1 canary replica(s)" in dry["comment"], dry[
         "comment"
@@ -223,10 +219,10 @@ def _shares_after(samples, since: float, version: str, window: float) -> list[fl
     ("fault", "why"),
     [({"FAULT": "http500"}, "error rate"), ({"FAULT": "crash", "CRASH_AFTER": "4"}, "crashed")],
 )
-def test_broken_canary_is_aborted_and_clients_see_no_error(salt_call_cli, stable_pool, fault, why):
+def test_broken_canary_is_aborted_and_clients_see_no_error(salt_cli, stable_pool, fault, why):
     steps = [{"weight": 20, "pause": 15}, {"weight": 50, "pause": 15}]
     with LoadClient(max_seconds=300) as load:
-        ret = salt_call_cli.run(
+        ret = salt_cli.run(
             "state.apply", "cabify", pillar=canary_pillar(unique_version("c-bad-"), fault, steps)
         )
         assert ret.returncode != 0, "a broken canary was promoted"
@@ -241,12 +237,12 @@ def test_broken_canary_is_aborted_and_clients_see_no_error(salt_call_cli, stable
 
 
 @contextlib.contextmanager
-def canary_in_background(salt_call_cli, pillar: dict) -> Iterator[dict]:
+def canary_in_background(salt_cli, pillar: dict) -> Iterator[dict]:
     """A canary release running in a thread; its salt-call result lands in ["ret"]. A
     test that fails half-way aborts it, so that no release outlives the test."""
     result: dict = {}
     thread = threading.Thread(
-        target=lambda: result.update(ret=salt_call_cli.run("state.apply", "cabify", pillar=pillar))
+        target=lambda: result.update(ret=salt_cli.run("state.apply", "cabify", pillar=pillar))
     )
     thread.start()
     try:
@@ -259,10 +255,10 @@ def canary_in_background(salt_call_cli, pillar: dict) -> Iterator[dict]:
         thread.join(timeout=300)
 
 
-def test_without_auto_promote_the_canary_waits_for_promote(salt_call_cli, salt_run_cli, stable_pool):
+def test_without_auto_promote_the_canary_waits_for_promote(salt_cli, salt_run_cli, stable_pool):
     new = unique_version("c-manual-")
     pillar = canary_pillar(new, steps=[{"weight": 20, "pause": 2}], auto_promote=False)
-    with LoadClient(max_seconds=300) as load, canary_in_background(salt_call_cli, pillar) as result:
+    with LoadClient(max_seconds=300) as load, canary_in_background(salt_cli, pillar) as result:
         wait_for(
             lambda: canary_state().get("phase") == "waiting for promote",
             120,
@@ -276,10 +272,10 @@ def test_without_auto_promote_the_canary_waits_for_promote(salt_call_cli, salt_r
     assert versions_running() == {new: 3}
 
 
-def test_operator_abort_mid_step_rolls_back(salt_call_cli, salt_run_cli, stable_pool):
+def test_operator_abort_mid_step_rolls_back(salt_cli, salt_run_cli, stable_pool):
     with LoadClient(max_seconds=300) as load:
         pillar = canary_pillar(unique_version("c-abort-"), steps=[{"weight": 20, "pause": 120}])
-        with canary_in_background(salt_call_cli, pillar) as result:
+        with canary_in_background(salt_cli, pillar) as result:
             wait_for(lambda: canary_state().get("phase") == "analysing", 120, "the canary's first step")
             ret = salt_run_cli.run("cabify.abort", "cabify")
             assert ret.data["result"] is True, ret.data
@@ -290,7 +286,7 @@ def test_operator_abort_mid_step_rolls_back(salt_call_cli, salt_run_cli, stable_
     assert versions_running() == {stable_pool: 3} and kv_get("cabify/weights/cabify") is None
 
 
-def test_release_event_can_ask_for_a_canary(salt_call_cli, stable_pool):
+def test_release_event_can_ask_for_a_canary(salt_cli, stable_pool):
     new = unique_version("c-event-")
     settings = {"replicas": 1, "steps": [{"weight": 20, "pause": 2}], "analysis": QUICK_ANALYSIS}
     data = {
@@ -301,7 +297,7 @@ def test_release_event_can_ask_for_a_canary(salt_call_cli, stable_pool):
         "settings": QUICK_RELEASE,
     }
     with LoadClient(max_seconds=300) as load:
-        assert salt_call_cli.run("event.send", "cabify/release/request", data=data).returncode == 0
+        assert salt_cli.run("event.send", "cabify/release/request", data=data).returncode == 0
         record = wait_release_end(new)
         wait_for(lambda: pool_settled(3), 30, "3 replicas registered and UP after the promotion")
     assert record["strategy"] == "canary" and record["result"] == "succeeded", record

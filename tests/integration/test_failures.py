@@ -31,11 +31,11 @@ def assert_pool_whole(version: str) -> None:
     assert kv_get("cabify/weights/cabify") is None, "stale weights left in KV"
 
 
-def test_drain_failing_mid_release_gives_the_old_replica_back(salt_call_cli, steady, failpoints):
+def test_drain_failing_mid_release_gives_the_old_replica_back(salt_cli, steady, failpoints):
     before = running_replicas()
     failpoints({"pool.drain": {"action": "docker-error", "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_call_cli, unique_version("f-drain-"))
+        ret = release(salt_cli, unique_version("f-drain-"))
         assert ret.returncode != 0, "a release whose drain failed succeeded"
         assert_pool_whole(steady)
     load.assert_served()
@@ -46,7 +46,7 @@ def test_drain_failing_mid_release_gives_the_old_replica_back(salt_call_cli, ste
     )
 
 
-def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, steady, failpoints):
+def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_cli, steady, failpoints):
     """The release fails after its first drain; the revert's first attempt to give that
     replica back fails too (dockerd errs), and its retry does."""
     failpoints(
@@ -56,7 +56,7 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, ste
         }
     )
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_call_cli, unique_version("f-revert-"))
+        ret = release(salt_cli, unique_version("f-revert-"))
         assert ret.returncode != 0
         assert_pool_whole(steady)
     load.assert_served()
@@ -65,16 +65,14 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_call_cli, ste
     assert "gave back 1 old one(s)" in record["reason"], record["reason"]
 
 
-def test_old_replica_that_fails_to_stop_stops_the_release_and_is_given_back(
-    salt_call_cli, steady, failpoints
-):
+def test_old_replica_that_fails_to_stop_stops_the_release_and_is_given_back(salt_cli, steady, failpoints):
     """An old replica is stopped in the background once drained; dockerd errs on that
     stop. The release stops at its next batch and reverts: the very same old replica
     (it still runs) serves again, and nothing of the new version stays."""
     before = running_replicas()
     failpoints({"docker.stop": {"action": "docker-error", "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_call_cli, unique_version("f-stop-"))
+        ret = release(salt_cli, unique_version("f-stop-"))
         assert ret.returncode != 0, "a release whose old replica failed to stop succeeded"
         assert_pool_whole(steady)
     load.assert_served()
@@ -89,12 +87,10 @@ def test_old_replica_that_fails_to_stop_stops_the_release_and_is_given_back(
     ("failpoint", "action"),
     [("release.canary-step", "consul-error"), ("docker.start", "docker-error")],
 )
-def test_docker_or_consul_error_during_a_canary_aborts_it(
-    salt_call_cli, steady, failpoints, failpoint, action
-):
+def test_docker_or_consul_error_during_a_canary_aborts_it(salt_cli, steady, failpoints, failpoint, action):
     failpoints({failpoint: {"action": action, "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = salt_call_cli.run("state.apply", "cabify", pillar=canary_pillar(unique_version("f-canary-")))
+        ret = salt_cli.run("state.apply", "cabify", pillar=canary_pillar(unique_version("f-canary-")))
         assert ret.returncode != 0, "a canary that met an error was promoted"
         assert_pool_whole(steady)
     load.assert_served()
@@ -104,8 +100,8 @@ def test_docker_or_consul_error_during_a_canary_aborts_it(
 
 
 def test_interrupted_abort_is_finished_by_the_heal(salt_call_cli, steady, failpoints):
-    """The process that aborts a bad canary dies half-way (the failpoint ends it like a
-    kill -9) with the pool's lock: the beacon sees the orphan (a lock whose holder's
+    """The process that aborts a bad canary, a salt-call, dies half-way (the failpoint
+    ends it like a kill -9) with the pool's lock: the beacon sees the orphan (a lock whose holder's
     process is gone from this host, long before its 30 s session expires) and the heal
     orchestration lets go of the lock, finishes the abort and marks the record
     interrupted."""
@@ -132,18 +128,18 @@ def test_interrupted_abort_is_finished_by_the_heal(salt_call_cli, steady, failpo
     assert canary_state()["phase"] == "interrupted"
 
 
-def test_release_that_lost_its_lock_stops_before_the_next_one_acts(salt_call_cli, salt_minion, steady):
+def test_release_that_lost_its_lock_stops_before_the_next_one_acts(salt_cli, salt_minion, steady):
     """Release A waits for its new replica; its lock session is destroyed in Consul and
     release B starts at once. A stops at its next step and says so; B acts only once A
     has stopped, and finishes."""
     version_a, version_b = unique_version("lock-a-"), unique_version("lock-b-")
-    built = salt_call_cli.run(
+    built = salt_cli.run(
         "cabify_docker.build_image", version_b, "/var/cache/cabify/app", "cabify-base:bookworm"
     )
     assert built.returncode == 0, built.stderr
     result: dict = {}
     thread_a = threading.Thread(
-        target=lambda: result.update(a=release(salt_call_cli, version_a, min_healthy_time=20))
+        target=lambda: result.update(a=release(salt_cli, version_a, min_healthy_time=20))
     )
     thread_a.start()
     holder = wait_for(lambda: kv_get("cabify/locks/cabify"), 30, "release A's lock")

@@ -42,32 +42,32 @@ SERVICE_UP = {
 }
 
 
-def apply(salt_call_cli, *args, **kwargs):
-    ret = salt_call_cli.run("state.apply", *args, **kwargs)
+def apply(salt_cli, *args, **kwargs):
+    ret = salt_cli.run("state.apply", *args, **kwargs)
     assert ret.data, f"state.apply {args} returned no state data: {ret.stderr or ret.stdout}"
     return ret
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
-def test_formula_converges_from_nothing_then_has_nothing_to_do(salt_call_cli, highstate, formula):
+def test_formula_converges_from_nothing_then_has_nothing_to_do(salt_cli, highstate, formula):
     """clean, then apply: the formula changes things and its service answers; a second
     apply changes nothing."""
-    ret = apply(salt_call_cli, f"{formula}.clean")
+    ret = apply(salt_cli, f"{formula}.clean")
     assert not failed_states(ret.data), f"{formula}.clean failed: {failed_states(ret.data)}"
 
-    ret = apply(salt_call_cli, formula)
+    ret = apply(salt_cli, formula)
     assert ret.returncode == 0 and not failed_states(ret.data), failed_states(ret.data)
     assert changed_states(ret.data), f"{formula} changed nothing after {formula}.clean"
     assert wait_for(SERVICE_UP[formula], 30, f"{formula}'s service to answer after converging")
 
-    ret = apply(salt_call_cli, formula)
+    ret = apply(salt_cli, formula)
     assert ret.returncode == 0 and not failed_states(ret.data), failed_states(ret.data)
     assert changed_states(ret.data) == {}, "a second apply changed something"
 
 
-def test_highstate_dry_run_on_the_converged_host_has_nothing_to_do(salt_call_cli, highstate):
+def test_highstate_dry_run_on_the_converged_host_has_nothing_to_do(salt_cli, highstate):
     """Every formula at once, after each converged from nothing above."""
-    ret = apply(salt_call_cli, test=True)
+    ret = apply(salt_cli, test=True)
     not_true = {k: (v["result"], v["comment"]) for k, v in ret.data.items() if v["result"] is not True}
     assert not_true == {}, f"test=True on a converged host should be all True: {not_true}"
     assert changed_states(ret.data) == {}

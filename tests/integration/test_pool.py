@@ -52,27 +52,27 @@ def test_replicas_registered_with_version_role_and_check(pool_of_three):
         assert check["Status"] == "passing"
 
 
-def test_second_apply_is_a_no_op_and_dry_run_predicts_it(salt_call_cli, pool_of_three):
+def test_second_apply_is_a_no_op_and_dry_run_predicts_it(salt_cli, pool_of_three):
     before = running_replicas()
-    ret = converge_pool(salt_call_cli)
+    ret = converge_pool(salt_cli)
     assert {k: v["changes"] for k, v in ret.data.items() if v["changes"]} == {}
 
     pillar = {"cabify": {"pools": {"cabify": {"replicas": 2}}}}
-    dry = salt_call_cli.run("state.apply", "cabify", test=True, pillar=pillar)
+    dry = salt_cli.run("state.apply", "cabify", test=True, pillar=pillar)
     predicted = pool_state(dry.data)
     assert predicted["result"] is None
     assert running_replicas() == before, "test=True changed the pool"
 
-    real = pool_state(converge_pool(salt_call_cli, replicas=2).data)
+    real = pool_state(converge_pool(salt_cli, replicas=2).data)
     assert predicted["changes"]["start"] == len(real["changes"].get("started", [])) == 0
     assert predicted["changes"]["remove"] == real["changes"]["removed"]
     assert len(predicted["changes"]["remove"]) == 1 and set(running_replicas()) < set(before)
 
 
-def test_scale_up_and_down_under_load(salt_call_cli, pool_of_three):
+def test_scale_up_and_down_under_load(salt_cli, pool_of_three):
     with LoadClient(max_seconds=240) as load:
-        converge_pool(salt_call_cli, replicas=5)
-        converge_pool(salt_call_cli, replicas=3)
+        converge_pool(salt_cli, replicas=5)
+        converge_pool(salt_cli, replicas=3)
     load.assert_served()
 
 
@@ -91,11 +91,11 @@ def test_killed_replicas_cost_no_request(pool_of_three):
     load.assert_served()
 
 
-def test_reconcile_fixes_stale_and_missing_registrations(salt_call_cli, pool_of_three, heal_held_off):
+def test_reconcile_fixes_stale_and_missing_registrations(salt_cli, pool_of_three, heal_held_off):
     missing = sorted(running_replicas())[0]
     consul("PUT", f"/v1/agent/service/deregister/{missing}")
     consul("PUT", "/v1/agent/service/register", STALE | {"ID": "cabify-1-gone00"})
-    ret = salt_call_cli.run("cabify_pool.reconcile", "cabify")
+    ret = salt_cli.run("cabify_pool.reconcile", "cabify")
     assert ret.returncode == 0, ret.stderr
     assert ret.data == {"deregistered": ["cabify-1-gone00"], "registered": [missing]}
     assert registered() == running_replicas()
@@ -124,18 +124,16 @@ def heal_held_off():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_call_cli, pool_of_three):
+def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_cli, pool_of_three):
     """Pool shop (its own service, backend, frontend and network) beside cabify: each
     change of shop leaves every replica of cabify as it was, and the reverse."""
-    converge_pool(salt_call_cli, "shop", replicas=2)
+    converge_pool(salt_cli, "shop", replicas=2)
     cabify_before = running_replicas("cabify")
     with (
         LoadClient(port=PORTS["shop"], max_seconds=240) as shop_load,
         LoadClient(port=PORTS["cabify"], max_seconds=240) as cabify_load,
     ):
-        converge_pool(
-            salt_call_cli, "shop", version="2", replicas=3, release=QUICK_RELEASE
-        )  # scaled, released
+        converge_pool(salt_cli, "shop", version="2", replicas=3, release=QUICK_RELEASE)  # scaled, released
         victim = sorted(running_replicas("shop"))[0]
         subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
         wait_for(
@@ -145,7 +143,7 @@ def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_call_cli, poo
         )
         assert running_replicas("cabify") == cabify_before, "a change of pool shop touched pool cabify"
         shop_before = running_replicas("shop")
-        converge_pool(salt_call_cli, "cabify", replicas=4, others={"shop": {"version": "2", "replicas": 3}})
+        converge_pool(salt_cli, "cabify", replicas=4, others={"shop": {"version": "2", "replicas": 3}})
         assert running_replicas("shop") == shop_before, "a change of pool cabify touched pool shop"
     shop_load.assert_served()
     cabify_load.assert_served()
@@ -154,4 +152,4 @@ def test_second_pool_is_scaled_released_and_healed_on_its_own(salt_call_cli, poo
     services = consul("GET", "/v1/agent/services")
     assert {services[name]["Service"] for name in running_replicas("shop")} == {"shop"}
     assert len([s for s in haproxy_servers("shop") if is_up(s["status"])]) == 3
-    converge_pool(salt_call_cli, "shop", version="1", replicas=2, release=QUICK_RELEASE)
+    converge_pool(salt_cli, "shop", version="1", replicas=2, release=QUICK_RELEASE)

@@ -17,13 +17,13 @@ PRIVATE = [
 
 
 @pytest.mark.parametrize("url", PRIVATE)
-def test_minion_cannot_download_what_is_not_a_formula_or_module(salt_call_cli, highstate, url):
-    ret = salt_call_cli.run("cp.get_file_str", url)
+def test_minion_cannot_download_what_is_not_a_formula_or_module(salt_cli, highstate, url):
+    ret = salt_cli.run("cp.get_file_str", url)
     assert not ret.data, f"a minion downloaded {url}: {str(ret.data)[:200]!r}"
 
 
-def test_minion_lists_only_formulas_and_modules(salt_call_cli, highstate):
-    files = salt_call_cli.run("cp.list_master").data
+def test_minion_lists_only_formulas_and_modules(salt_cli, highstate):
+    files = salt_cli.run("cp.list_master").data
     assert (
         "cabify/init.sls" in files and "_modules/cabify_pool.py" in files and "_utils/cabify_kv.py" in files
     )

@@ -28,7 +28,7 @@ FAST = {"min_healthy_time": 1, "healthy_deadline": 15}
 
 
 def release(
-    salt_call_cli, version: str, replicas: int = 3, env: dict | None = None, pool: str = "cabify", **settings
+    salt_cli, version: str, replicas: int = 3, env: dict | None = None, pool: str = "cabify", **settings
 ):
     """A release of POOL to VERSION by state.apply; drain_timeout is a pool setting,
     the rest of SETTINGS release settings."""
@@ -36,7 +36,7 @@ def release(
     pool_settings = {"version": version, "replicas": replicas, "env": env or {}, "release": FAST | settings}
     pillar = {"cabify": {"pools": {pool: pool_settings | overrides}}}
     # queue: a release that an event or the KV key started may still be finishing.
-    return salt_call_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
+    return salt_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
 
 
 def wait_release_end(version: str, pool: str = "cabify", timeout: float = 240) -> dict:
@@ -48,10 +48,10 @@ def wait_release_end(version: str, pool: str = "cabify", timeout: float = 240) -
     )
 
 
-def test_rolling_release_with_zero_failed_requests(salt_call_cli, steady):
+def test_rolling_release_with_zero_failed_requests(salt_cli, steady):
     new = unique_version("roll")
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, new)
+        ret = release(salt_cli, new)
         assert ret.returncode == 0, failed_states(ret.data)
         wait_for(lambda: pool_settled(3), 30, "3 replicas registered and UP after the release")
     load.assert_served()
@@ -61,14 +61,14 @@ def test_rolling_release_with_zero_failed_requests(salt_call_cli, steady):
     assert record["result"] == "succeeded" and record["to"] == new and record["from"] == [steady]
 
 
-def test_failed_releases_are_reverted(salt_call_cli, steady):
+def test_failed_releases_are_reverted(salt_cli, steady):
     """A release whose replicas never pass their checks, and one whose replicas crash:
     both stop, the old replicas (never touched) keep serving."""
     before = running_replicas()
     with LoadClient(max_seconds=240) as load:
         for fault, why in (("unhealthy", "not healthy"), ("crash", "crashed")):
             new = unique_version("fail")
-            ret = release(salt_call_cli, new, env={"FAULT": fault, "CRASH_AFTER": "1"}, healthy_deadline=5)
+            ret = release(salt_cli, new, env={"FAULT": fault, "CRASH_AFTER": "1"}, healthy_deadline=5)
             assert ret.returncode != 0, f"a release with FAULT={fault} succeeded"
             wait_for(lambda: pool_settled(3), 30, "the pool back to 3 registered, UP replicas")
             assert running_replicas() == before, "version 1 replicas were replaced"
@@ -78,12 +78,12 @@ def test_failed_releases_are_reverted(salt_call_cli, steady):
     assert versions_running() == {steady: 3}
 
 
-def test_second_release_at_once_is_refused(salt_call_cli, salt_minion, steady):
+def test_second_release_at_once_is_refused(salt_cli, salt_minion, steady):
     results = {}
     first_version, second_version = unique_version("first"), unique_version("second")
 
     def slow_release():
-        results["first"] = release(salt_call_cli, first_version, min_healthy_time=4, max_parallel=3)
+        results["first"] = release(salt_cli, first_version, min_healthy_time=4, max_parallel=3)
 
     first = threading.Thread(target=slow_release)
     first.start()
@@ -108,7 +108,7 @@ def _failpoint_times(name: str) -> int:
     return int(armed.get(name, {}).get("times", 0))
 
 
-def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_call_cli, steady, failpoints):
+def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_cli, steady, failpoints):
     """A release asked while the heal's recovery holds the pool's lock waits for it
     instead of being refused. When it ends, the pool's history keeps its newest 100
     records (and any still running)."""
@@ -128,7 +128,7 @@ def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_cal
     assert consul("PUT", f"/v1/kv/cabify/locks/cabify?acquire={session['ID']}", recovery) is True
     new = unique_version("wait")
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(ret=release(salt_call_cli, new)))
+    thread = threading.Thread(target=lambda: result.update(ret=release(salt_cli, new)))
     thread.start()
     try:
         wait_for(
@@ -148,21 +148,19 @@ def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_cal
     assert {r["id"] for r in after.values()} == set(ids[:100]) | running
 
 
-def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_call_cli, steady):
+def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_cli, steady):
     """A release that also scales 3 -> 4 and changes drain_timeout (which every replica
     gets as the app's DRAIN_TIMEOUT), 2 at a time; its dry run tells the batches first."""
     new = unique_version("par")
     before = running_replicas()
     settings = {"version": new, "replicas": 4, "drain_timeout": 7, "release": FAST | {"max_parallel": 2}}
-    dry = salt_call_cli.run(
-        "state.apply", "cabify", test=True, pillar={"cabify": {"pools": {"cabify": settings}}}
-    )
+    dry = salt_cli.run("state.apply", "cabify", test=True, pillar={"cabify": {"pools": {"cabify": settings}}})
     plan = pool_state(dry.data)
     assert plan["result"] is None
     assert [(b["start"], len(b["drain"])) for b in plan["changes"]["release"]["batches"]] == [(2, 2), (2, 1)]
     assert running_replicas() == before, "test=True changed the pool"
     with LoadClient(max_seconds=240) as load:
-        ret = release(salt_call_cli, new, replicas=4, max_parallel=2, drain_timeout=7)
+        ret = release(salt_cli, new, replicas=4, max_parallel=2, drain_timeout=7)
         assert ret.returncode == 0, failed_states(ret.data)
     load.assert_served()
     assert versions_running() == {new: 4}
@@ -172,10 +170,10 @@ def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_call
         assert "DRAIN_TIMEOUT=7" in docker.from_env().containers.get(name).attrs["Config"]["Env"]
 
 
-def test_event_triggers_a_release(salt_call_cli, steady):
+def test_event_triggers_a_release(salt_cli, steady):
     version = unique_version("ev")
     data = {"pool": "cabify", "version": version, "settings": QUICK_RELEASE}
-    ret = salt_call_cli.run("event.send", "cabify/release/request", data=data)
+    ret = salt_cli.run("event.send", "cabify/release/request", data=data)
     assert ret.returncode == 0, ret.stderr
     assert wait_release_end(version)["result"] == "succeeded"
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
