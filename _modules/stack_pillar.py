@@ -33,6 +33,7 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
     "common": {
         "pkgs": ("list_of_str", True),
         "apt:cache_valid_time": ("positive_int", True),
+        "apt:man_db_auto_update": ("bool", True),
         "unattended_upgrades:enabled": ("bool", True),
         "unattended_upgrades:origins": ("list_of_str", True),
         "logrotate:paths": ("list_of_str", True),

@@ -48,3 +48,17 @@ common-config-logrotate-file-managed:
     - tmp_ext: .conf
     - require:
       - pkg: common-install-pkgs-installed
+
+{#- man-db's flag file: present, dpkg's trigger re-indexes the man pages at each package
+    change; absent, man-db's daily cron job alone does (debconf man-db/auto-update). #}
+{%- if common.apt.man_db_auto_update %}
+common-config-man-db-auto-update-on:
+  file.managed:
+    - name: /var/lib/man-db/auto-update
+    - replace: false
+    - onlyif: test -d /var/lib/man-db
+{%- else %}
+common-config-man-db-auto-update-off:
+  file.absent:
+    - name: /var/lib/man-db/auto-update
+{%- endif %}

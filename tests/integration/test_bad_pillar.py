@@ -89,9 +89,9 @@ def _serving(replica) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad_pillar_runs(salt_minion, highstate):
-    """Every case applied at once (Salt's `concurrent`, each from its own salt-call),
-    with a stand-in replica served through HAProxy before and after."""
+def bad_pillar_runs(salt_cli, highstate):
+    """Every case applied at once (Salt's `concurrent`, each a job of its own), with a
+    stand-in replica served through HAProxy before and after."""
     replica = StandInReplica("test-stand-in-bad-pillar")
     replica.register()
     try:
@@ -101,10 +101,9 @@ def bad_pillar_runs(salt_minion, highstate):
 
         def run(case):
             _, formula, pillar, _ = case
-            cli = salt_minion.salt_call_cli(timeout=300)  # one CLI object runs one command at a time
-            return cli.run("state.apply", formula, pillar=pillar, concurrent=True)
+            return salt_cli.run("state.apply", formula, pillar=pillar, concurrent=True)
 
-        with ThreadPoolExecutor(max_workers=4) as workers:
+        with ThreadPoolExecutor(max_workers=8) as workers:
             results = dict(zip([c[0] for c in CASES], workers.map(run, CASES), strict=True))
         after = _running()
         _serving(replica)

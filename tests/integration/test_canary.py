@@ -25,7 +25,7 @@ from tests.helpers import (
     versions_running,
     wait_for,
 )
-from tests.integration.conftest import QUICK_RELEASE, converge_pool, ensure_pool, unique_version
+from tests.integration.conftest import QUICK_RELEASE, STACK_SPEC, converge_pool, ensure_pool, unique_version
 from tests.integration.test_release import FAST, wait_release_end
 from tests.load import LoadClient
 
@@ -41,7 +41,8 @@ def canary_pillar(version: str, env: dict | None = None, steps: list | None = No
     }
     # Promotion in one batch: the long canary test watches a promotion batch by batch.
     release = FAST | {"strategy": "canary", "max_parallel": 3}
-    pool = {"version": version, "replicas": 3, "env": env or {}, "release": release}
+    # The stack's own env by default: the next test finds the pool as it wants it.
+    pool = {"version": version, "replicas": 3, "env": env or STACK_SPEC["env"], "release": release}
     return {"cabify": {"pools": {"cabify": pool | {"canary": settings}}}}
 
 
