@@ -164,7 +164,7 @@ def test_long_canary_through_orch_succeeds_and_promotion_never_steps_back(salt_r
         "release": {
             "pool": "cabify",
             "version": new,
-            "settings": FAST,
+            "settings": FAST | {"min_healthy_time": 1},
             "canary": {"steps": steps, "analysis": QUICK_ANALYSIS},
         }
     }
