@@ -42,7 +42,9 @@ def salt_master(salt_factories):
 
 @pytest.fixture(scope="session")
 def salt_minion(salt_master):
-    overrides = {}
+    # The all-in-one host's roles, as `make up` gives them.
+    minion_conf = (REPO / "conf" / "minion.yaml").read_text().replace("@MINION_ID@", "cabify-minion")
+    overrides = {"grains": yaml.safe_load(minion_conf)["grains"]}
     if not os.path.isdir("/run/systemd/system"):
         # The same setting `make up` gives the minion on hosts without systemd.
         overrides |= yaml.safe_load((REPO / "conf" / "minion-sysvinit.yaml").read_text())

@@ -71,3 +71,10 @@ def test_highstate_dry_run_on_the_converged_host_has_nothing_to_do(salt_cli, hig
     not_true = {k: (v["result"], v["comment"]) for k, v in ret.data.items() if v["result"] is not True}
     assert not_true == {}, f"test=True on a converged host should be all True: {not_true}"
     assert changed_states(ret.data) == {}
+
+
+def test_the_all_in_one_host_gets_every_formula_through_its_roles(salt_cli, highstate):
+    """salt/top.sls targets by the `roles` grain; the all-in-one host has every role."""
+    assert salt_cli.run("grains.get", "roles").data == ["consul-server", "lb", "app", "registry"]
+    top = salt_cli.run("state.show_top").data
+    assert sorted(top["base"]) == sorted(FORMULAS), top
