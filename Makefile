@@ -2,6 +2,8 @@
 #   make up    install the Salt virtualenv, start salt-master + salt-minion, converge this host
 #   make test  install what the tests need and run the whole suite against this host
 #   make bench a release under load on the host `make up` set up; figures in bench/results/
+#   make fleet container hosts (pillar/fleet.sls) as minions of this machine's master
+#   make fleet-down  removes them
 SHELL       := /bin/bash
 REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 # The Salt virtualenv lives outside the checkout: the repository root is a Salt file
@@ -11,7 +13,7 @@ BENCH_VENV  ?= /opt/cabify-salt/bench-venv
 PYTHON      ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: up test bench lint venv bench-venv salt-daemons converge lock clean-daemons
+.PHONY: up test bench lint venv bench-venv salt-daemons converge lock clean-daemons fleet fleet-down
 
 up: venv salt-daemons converge
 
@@ -61,6 +63,13 @@ lock:
 	$(REPO)/.lockvenv/bin/pip install -q -r requirements.in
 	$(REPO)/.lockvenv/bin/pip freeze --all | grep -vE '^(pip|setuptools)==' > requirements.lock
 	rm -rf $(REPO)/.lockvenv
+
+# The fleet's hosts start as bare minions of this machine's master (Debian 12 + Salt).
+fleet: up
+	VENV=$(VENV) scripts/fleet.sh up
+
+fleet-down:
+	VENV=$(VENV) scripts/fleet.sh down
 
 clean-daemons:
 	VENV=$(VENV) scripts/salt-daemons.sh stop

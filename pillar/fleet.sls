@@ -1,0 +1,14 @@
+# The fleet of container hosts that `make fleet` runs on this machine (scripts/fleet.sh):
+# a Docker network of their own, and each host's address and roles. The machine
+# itself is the network's gateway, where its salt-master listens.
+fleet:
+  network:
+    name: cabify-fleet
+    subnet: 10.213.0.0/24
+    gateway: 10.213.0.1
+  hosts:
+    node1: {address: 10.213.0.11, roles: [app, consul-server]}
+    node2: {address: 10.213.0.12, roles: [app, consul-server]}
+    node3: {address: 10.213.0.13, roles: [app, consul-server]}
+    lb1: {address: 10.213.0.21, roles: [lb]}
+    lb2: {address: 10.213.0.22, roles: [lb]}

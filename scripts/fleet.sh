@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The fleet on this machine: Docker containers as hosts (pillar/fleet.sls), each with
+# its own salt-minion, minions of the salt-master of `make up`.
+#   scripts/fleet.sh up      build the host image once, start the hosts, accept their keys
+#   scripts/fleet.sh down    remove the hosts, their volumes, keys and network
+# A host is started with the capability set that works on machines where --privileged
+# is refused (../ENVIRONMENT.md "Container hosts"); app hosts get a volume for
+# /var/lib/docker, where their own dockerd runs overlay2.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${VENV:-/opt/cabify-salt/venv}
+IMAGE=cabify-fleet-host
+BASE=cabify-base:bookworm
+say() { echo "fleet: $*"; }
+
+fleet() {  # fleet <python expression over the pillar's `fleet` mapping>
+  "$VENV/bin/python" -c "import sys, yaml; f = yaml.safe_load(open(sys.argv[1]))['fleet']; print($1)" \
+    "$REPO/pillar/fleet.sls"
+}
+NETWORK=$(fleet "f['network']['name']")
+HOSTS=$(fleet "' '.join(f['hosts'])")
+
+image() {
+  local digest
+  digest=$(cat "$REPO/requirements.lock" "$REPO"/fleet/host/* | sha256sum | cut -c1-16)
+  if [ "$(docker image inspect -f '{{index .Config.Labels "cabify.fleet-host"}}' "$IMAGE" 2>/dev/null)" = "$digest" ]; then
+    return
+  fi
+  docker image inspect "$BASE" >/dev/null 2>&1 || { say "no $BASE image: run make up first" >&2; exit 1; }
+  say "building $IMAGE (Debian 12 + a Salt venv)"
+  local ctx; ctx=$(mktemp -d)
+  trap 'rm -rf "$ctx"' RETURN
+  cp "$REPO"/fleet/host/* "$ctx/"
+  # Wheels from this machine's package index: the image itself builds with no index.
+  "$VENV/bin/pip" wheel -q --disable-pip-version-check -c "$REPO/requirements.lock" -w "$ctx/wheels" \
+    salt docker py-consul
+  docker build -q --label "cabify.fleet-host=$digest" --build-arg "BASE=$BASE" -t "$IMAGE" "$ctx" \
+    >"$ctx/build.log" 2>&1 || { cat "$ctx/build.log" >&2; exit 1; }
+}
+
+network() {
+  docker network inspect "$NETWORK" >/dev/null 2>&1 && return
+  say "network $NETWORK $(fleet "f['network']['subnet']")"
+  docker network create --subnet "$(fleet "f['network']['subnet']")" \
+    --gateway "$(fleet "f['network']['gateway']")" "$NETWORK" >/dev/null
+}
+
+host() {  # host NAME: started, unless it runs
+  local name=$1 container="cabify-fleet-$1" roles address volumes=()
+  [ "$(docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null)" = true ] && return
+  docker rm -f "$container" >/dev/null 2>&1 || true
+  roles=$(fleet "','.join(f['hosts']['$name']['roles'])")
+  address=$(fleet "f['hosts']['$name']['address']")
+  [[ ",$roles," == *,app,* ]] && volumes=(-v "$container-docker:/var/lib/docker")
+  say "host $name ($address, roles $roles)"
+  docker run -d --name "$container" --hostname "$name" --init \
+    --network "$NETWORK" --ip "$address" \
+    --cap-add ALL --cap-drop SYS_RESOURCE \
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
+    --tmpfs /run --tmpfs /tmp -v /sys/fs/cgroup:/sys/fs/cgroup:rw "${volumes[@]}" \
+    -e SALT_MASTER="$(fleet "f['network']['gateway']")" -e ROLES="$roles" \
+    --label cabify.fleet=host "$IMAGE" >/dev/null
+}
+
+accept() {  # the hosts' keys, by name, once each has asked; then each answers
+  local deadline=$((SECONDS + 120)) name
+  for name in $HOSTS; do
+    until "$VENV/bin/salt-key" -l acc --out=json 2>/dev/null | grep -q "\"$name\""; do
+      if "$VENV/bin/salt-key" -l un --out=json 2>/dev/null | grep -q "\"$name\""; then
+        "$VENV/bin/salt-key" -y -a "$name" >/dev/null
+      fi
+      [ $SECONDS -lt $deadline ] || { say "$name never sent its key (docker logs cabify-fleet-$name)" >&2; exit 1; }
+      sleep 0.5
+    done
+  done
+  local answers
+  until answers=$("$VENV/bin/salt" -L "${HOSTS// /,}" --out=txt test.ping 2>/dev/null | grep -c True)
+        [ "$answers" -eq "$(wc -w <<<"$HOSTS")" ]; do
+    [ $SECONDS -lt $deadline ] || { say "not every host answers test.ping" >&2; exit 1; }
+    sleep 1
+  done
+  say "hosts up: $HOSTS"
+}
+
+down() {
+  local name
+  for name in $HOSTS; do
+    docker rm -f "cabify-fleet-$name" >/dev/null 2>&1 || true
+    docker volume rm "cabify-fleet-$name-docker" >/dev/null 2>&1 || true
+    "$VENV/bin/salt-key" -y -d "$name" >/dev/null 2>&1 || true
+  done
+  docker network rm "$NETWORK" >/dev/null 2>&1 || true
+  say "removed"
+}
+
+case "${1:-}" in
+  up) image; network; for name in $HOSTS; do host "$name"; done; accept ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
