@@ -79,6 +79,9 @@ accept() {  # the hosts' keys, by name, once each has asked; then each answers
     [ $SECONDS -lt $deadline ] || { say "not every host answers test.ping" >&2; exit 1; }
     sleep 1
   done
+  # The formulas call this project's modules while they render: a new minion has them
+  # before its first state run.
+  "$VENV/bin/salt" -L "${HOSTS// /,}" saltutil.sync_all >/dev/null 2>&1
   say "hosts up: $HOSTS"
 }
 

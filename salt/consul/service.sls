@@ -14,11 +14,22 @@ consul-service-running:
     - watch:
       - file: consul-config-file-serialized
 
-{#- The init script says "done" even when the agent dies at once: trust the API. #}
+{#- The init script says "done" even when the agent dies at once: trust the API. A
+    lone server elects itself at once; in a cluster, a server waits for the others
+    before a leader is elected, and a client for the servers: there the agent
+    answering is what this host can check, and a highstate of the first server does
+    not fail while the quorum forms. #}
+{%- if consul.config.server and consul.config.get("bootstrap_expect", 1) == 1 %}
 consul-service-leader-elected:
   stack_http.answering:
     - name: {{ api }}/v1/status/leader
     - match: '"[^"]+:[0-9]+"'
+{%- else %}
+consul-service-agent-answering:
+  stack_http.answering:
+    - name: {{ api }}/v1/agent/self
+    - match: '"Member"'
+{%- endif %}
     - timeout: {{ consul.start_timeout }}
     - require:
       - service: consul-service-running
