@@ -380,6 +380,56 @@ def image_current(version: str, source_dir: str, base_image: str) -> bool:
     return image.labels.get(LABEL_SOURCE) == source_hash(source_dir, str(version), base_image)
 
 
+def app_images() -> list[dict]:
+    """
+    The app's images on this host: tag, version, creation time, and whether a
+    container (running or not) runs that version (the label of our replicas; a tag
+    that only shares its image with a version in use is not in use).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.app_images
+    """
+    try:
+        containers = _client().containers.list(all=True, ignore_removed=True)
+        used = {c.labels.get(LABEL_VERSION) for c in containers} - {None}
+        found = []
+        for image in _client().images.list(name=repository()):
+            for tag in image.tags:
+                found.append(
+                    {
+                        "tag": tag,
+                        "version": tag.rsplit(":", 1)[-1],
+                        "created": image.attrs.get("Created", ""),
+                        "used": tag.rsplit(":", 1)[-1] in used,
+                    }
+                )
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: {err}") from err
+    return found
+
+
+def remove_image(tag: str) -> str:
+    """
+    Remove the app image TAG (its layers stay while another image shares them).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.remove_image cabify-app:2
+    """
+    try:
+        _client().images.remove(tag)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"removing {tag}: {err}") from err
+    return tag
+
+
 def build_image(version: str, source_dir: str, base_image: str) -> str:
     """
     Build the app image of VERSION from SOURCE_DIR's Dockerfile on BASE_IMAGE, labelled

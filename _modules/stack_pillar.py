@@ -91,6 +91,7 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "image:build_base": ("bool", True),
         "image:suite": ("str", True),
         "image:source_dir": ("abs_path", True),
+        "image:keep": ("positive_int", True),
         "pool": ("mapping", True),
         "pools": ("pool_mapping", True),
     },

@@ -64,3 +64,33 @@ def built(
         return ret
     ret.update(changes=changes, comment=f"Built {tag}")
     return ret
+
+
+def pruned(name: str, keep: int, protect: list[str] | None = None) -> dict:
+    """
+    Old app images are removed: only the KEEP newest stay, beside every image a
+    container uses and the versions in PROTECT (what the pools are asked to run).
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        images = __salt__["cabify_docker.app_images"]()
+        prune = __utils__["cabify_plan.images_to_prune"](images, int(keep), {str(v) for v in protect or []})
+        if not prune:
+            ret["comment"] = f"{len(images)} app image(s), none to prune (keep {keep})"
+            return ret
+        if __opts__["test"]:
+            ret.update(
+                result=None, changes={"removed": prune}, comment=f"Would remove {len(prune)} old image(s)"
+            )
+            return ret
+        removed = []
+        try:
+            for tag in prune:
+                removed.append(__salt__["cabify_docker.remove_image"](tag))
+        finally:
+            ret["changes"] = {"removed": removed} if removed else {}
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret["comment"] = f"Removed {len(removed)} old image(s), kept the newest {keep}"
+    return ret

@@ -110,3 +110,19 @@ def clone_spec(attrs: dict[str, Any], labels: dict[str, str]) -> dict:
     if host.get("NanoCpus"):
         resources["cpus"] = host["NanoCpus"] / 1e9
     return {**common, "env": env, "resources": resources}
+
+
+def images_to_prune(images: list[dict], keep: int, protect: set[str]) -> list[str]:
+    """The app images to remove: all but the KEEP newest, never one a container uses
+    (``used``) nor one whose version is in PROTECT (what the pillar runs). IMAGES are
+    ``{"tag", "version", "created", "used"}``; returns tags, oldest first."""
+    candidates = sorted(images, key=lambda image: image["created"], reverse=True)
+    kept = 0
+    prune = []
+    for image in candidates:
+        if image["used"] or image["version"] in protect:
+            continue
+        kept += 1
+        if kept > keep:
+            prune.append(image["tag"])
+    return sorted(prune, key=lambda tag: next(i["created"] for i in images if i["tag"] == tag))

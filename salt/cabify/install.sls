@@ -40,4 +40,12 @@ cabify-install-image-{{ version }}-built:
 {%-   if image.build_base %}
       - pkg: cabify-install-debootstrap-installed
 {%-   endif %}
+    - require_in:
+      - cabify_image: cabify-install-images-pruned
 {%- endfor %}
+
+{#- Old versions' images go: the newest image:keep stay, beside those in use. #}
+cabify-install-images-pruned:
+  cabify_image.pruned:
+    - keep: {{ image.keep }}
+    - protect: {{ cabify.pools.values() | map(attribute="version") | map("string") | unique | list | json }}

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 
+import docker
 import pytest
 
 from tests.helpers import CONSUL, STATS, changed_states, failed_states, http, wait_for
+from tests.integration.conftest import ensure_pool, unique_version
 
 FORMULAS = ["common", "docker", "consul", "haproxy", "cabify"]
+BASE_IMAGE = "cabify-base:bookworm"
 
 
 def _docker_answers() -> bool:
@@ -78,3 +81,25 @@ def test_the_all_in_one_host_gets_every_formula_through_its_roles(salt_cli, high
     assert salt_cli.run("grains.get", "roles").data == ["consul-server", "lb", "app", "registry"]
     top = salt_cli.run("state.show_top").data
     assert sorted(top["base"]) == sorted(FORMULAS), top
+
+
+def test_old_app_images_are_pruned_but_never_one_in_use(salt_cli, highstate):
+    """cabify:image:keep newest images stay beside the versions in use and asked for;
+    a dry run names exactly what the apply removes."""
+    running = ensure_pool(salt_cli, version=None)
+    old, newer, newest = (unique_version(f"prune{n}-") for n in range(3))
+    for version in (old, newer, newest):
+        ret = salt_cli.run("cabify_docker.build_image", version, "/var/cache/cabify/app", BASE_IMAGE)
+        assert ret.returncode == 0, ret.stderr
+    pillar = {"cabify": {"image": {"keep": 2}, "pools": {"cabify": {"version": running}}}}
+
+    def pruned(ret) -> dict:
+        return next(s for s in ret.data.values() if s["__id__"] == "cabify-install-images-pruned")
+
+    dry = pruned(salt_cli.run("state.apply", "cabify", pillar=pillar, test=True))
+    assert dry["result"] is None and f"cabify-app:{old}" in dry["changes"]["removed"], dry
+    done = pruned(salt_cli.run("state.apply", "cabify", pillar=pillar))
+    assert done["result"] is True and done["changes"] == dry["changes"], (dry, done)
+    tags = {tag for image in docker.from_env().images.list(name="cabify-app") for tag in image.tags}
+    assert {f"cabify-app:{v}" for v in (running, "1", newer, newest)} <= tags, tags
+    assert f"cabify-app:{old}" not in tags and len(tags) <= 2 + 2, tags

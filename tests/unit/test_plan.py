@@ -95,3 +95,19 @@ def test_clone_spec_takes_what_was_asked_from_the_label():
     assert plan.spec_hash("2", spec["env"], spec["resources"]) == plan.spec_hash(
         "2", {"DRAIN_TIMEOUT": "5"}, {"cpus": 1, "memory": "1g"}
     )
+
+
+def image(version, created, used=False):
+    return {"tag": f"cabify-app:{version}", "version": version, "created": created, "used": used}
+
+
+def test_images_to_prune_keeps_the_newest_and_never_one_in_use_or_asked_for():
+    images = [image("1", 10), image("2", 20, used=True), image("3", 30), image("4", 40), image("5", 50)]
+    # 2 is used by a container, 1 is what the pillar runs: of 3, 4, 5 the newest 2 stay.
+    assert plan.images_to_prune(images, keep=2, protect={"1"}) == ["cabify-app:3"]
+    assert plan.images_to_prune(images, keep=1, protect=set()) == [
+        "cabify-app:1",
+        "cabify-app:3",
+        "cabify-app:4",
+    ]
+    assert plan.images_to_prune(images, keep=5, protect=set()) == []

@@ -1,0 +1,60 @@
+"""The cabify_image.pruned state through Salt's loader (mocked dunders): under
+test=True it names the images it would remove and removes none; a Docker error
+is `result: False` with what was removed so far as its changes."""
+
+from __future__ import annotations
+
+from unittest.mock import MagicMock
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+from tests.unit.conftest import load, utils
+
+state = load("states", "cabify_image")
+
+IMAGES = [
+    {"tag": "cabify-app:1", "version": "1", "created": "2026-11-26T01:00:00Z", "used": True},
+    {"tag": "cabify-app:2", "version": "2", "created": "2026-11-26T02:00:00Z", "used": False},
+    {"tag": "cabify-app:3", "version": "3", "created": "2026-11-26T03:00:00Z", "used": False},
+    {"tag": "cabify-app:4", "version": "4", "created": "2026-11-26T04:00:00Z", "used": False},
+]
+
+
+@pytest.fixture(params=[False, True], ids=["apply", "test=True"])
+def test_mode(request):
+    return request.param
+
+
+@pytest.fixture
+def salt():
+    return {
+        "cabify_docker.app_images": MagicMock(return_value=IMAGES),
+        "cabify_docker.remove_image": MagicMock(side_effect=lambda tag: tag),
+    }
+
+
+@pytest.fixture
+def configure_loader_modules(salt, test_mode):
+    return {state: {"__salt__": salt, "__utils__": utils(), "__opts__": {"test": test_mode}}}
+
+
+def test_pruned_names_the_old_images_and_removes_them_only_for_real(salt, test_mode):
+    ret = state.pruned("images", keep=1, protect=["3"])
+    assert ret["changes"] == {"removed": ["cabify-app:2"]}
+    assert ret["result"] is (None if test_mode else True)
+    assert salt["cabify_docker.remove_image"].call_count == (0 if test_mode else 1)
+
+
+def test_nothing_to_prune_is_no_change(salt, test_mode):
+    ret = state.pruned("images", keep=5)
+    assert ret["result"] is True and ret["changes"] == {}
+    salt["cabify_docker.remove_image"].assert_not_called()
+
+
+@pytest.mark.parametrize("test_mode", [False])
+def test_a_docker_error_reports_what_was_removed_before_it(salt, test_mode):
+    salt["cabify_docker.remove_image"].side_effect = ["cabify-app:2", CommandExecutionError("docker: busy")]
+    ret = state.pruned("images", keep=1)
+    assert ret["result"] is False and "docker: busy" in ret["comment"]
+    assert ret["changes"] == {"removed": ["cabify-app:2"]}
