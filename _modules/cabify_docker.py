@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import tempfile
@@ -45,6 +46,8 @@ LABEL_ROLE = "cabify.role"
 LABEL_SPEC = "cabify.spec-hash"
 LABEL_ASKED = "cabify.spec"  # the env and resources asked for, as JSON: what a clone gets
 LABEL_SOURCE = "cabify.source-hash"
+# Where the base image's root filesystem is made (see build_base_image).
+ROOTFS_DIR = "/var/cache/cabify"
 APP_PORT = 8080
 
 
@@ -350,7 +353,10 @@ def build_base_image(image: str, mirror: str, suite: str = "bookworm") -> str:
 
         salt-call cabify_docker.build_base_image cabify-base:bookworm http://deb.debian.org/debian
     """
-    with tempfile.TemporaryDirectory(prefix="cabify-rootfs-") as rootfs:
+    # Not in /tmp: debootstrap makes device nodes, and a /tmp mounted nodev (a hardened
+    # host, a container host's tmpfs) refuses them.
+    os.makedirs(ROOTFS_DIR, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cabify-rootfs-", dir=ROOTFS_DIR) as rootfs:
         steps = [
             ["debootstrap", "--variant=minbase", "--include=python3", suite, rootfs, mirror],
             ["sh", "-c", f"tar -C {rootfs} -c . | docker import - {image}"],
