@@ -4,12 +4,13 @@ APIs (dockerd, Consul, HAProxy), read per pool."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -170,3 +171,20 @@ def pool_settled(count: int, pool: str = "cabify") -> bool:
 def last_release(pool: str = "cabify") -> dict:
     records = kv_tree(f"cabify/history/{pool}/")
     return max(records.values(), key=lambda r: r["id"]) if records else {}
+
+
+@contextlib.contextmanager
+def pool_lock_held(holder: dict, pool: str = "cabify") -> Iterator[None]:
+    """POOL's release lock held by the test as HOLDER (a lock record: id, strategy, ...)
+    through a Consul session of its own, with no lock delay: a release may take the lock
+    as soon as the test lets go."""
+    session = consul(
+        "PUT",
+        "/v1/session/create",
+        {"Name": f"test {holder['id']}", "TTL": "60s", "LockDelay": "0s", "Behavior": "delete"},
+    )
+    try:
+        assert consul("PUT", f"/v1/kv/cabify/locks/{pool}?acquire={session['ID']}", holder) is True
+        yield
+    finally:
+        consul("PUT", f"/v1/session/destroy/{session['ID']}")

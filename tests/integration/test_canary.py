@@ -20,6 +20,7 @@ from tests.helpers import (
     is_up,
     kv_get,
     last_release,
+    pool_lock_held,
     pool_settled,
     pool_state,
     versions_running,
@@ -55,18 +56,8 @@ def manual_canary_lock() -> Iterator[None]:
     """The pool's release lock, held by the test as an operator's manual canary would:
     canary replicas with no release holding the lock are what a dead release left
     behind, and the heal removes them."""
-    session = consul(
-        "PUT",
-        "/v1/session/create",
-        # No lock delay: a release may take the lock as soon as the test lets go.
-        {"Name": "test manual canary", "TTL": "60s", "Behavior": "delete", "LockDelay": "0s"},
-    )
-    holder = {"id": "test-manual-canary", "strategy": "manual", "to": "canary-share"}
-    assert consul("PUT", f"/v1/kv/cabify/locks/cabify?acquire={session['ID']}", holder) is True
-    try:
+    with pool_lock_held({"id": "test-manual-canary", "strategy": "manual", "to": "canary-share"}):
         yield
-    finally:
-        consul("PUT", f"/v1/session/destroy/{session['ID']}")
 
 
 def spec_of(name: str) -> str:

@@ -31,19 +31,30 @@ def assert_pool_whole(version: str) -> None:
     assert kv_get("cabify/weights/cabify") is None, "stale weights left in KV"
 
 
-def test_drain_failing_mid_release_gives_the_old_replica_back(salt_cli, steady, failpoints):
+@pytest.mark.parametrize(
+    ("failpoint", "prefix", "what"),
+    [("pool.drain", "f-drain-", "failed to drain"), ("docker.stop", "f-stop-", "failed to stop")],
+    ids=["drain", "stop"],
+)
+def test_old_replica_that_fails_to_drain_or_stop_is_given_back(
+    salt_cli, steady, failpoints, failpoint, prefix, what
+):
+    """dockerd errs once: on the drain of an old replica mid-release, or on its stop in
+    the background once drained (the release then stops at its next batch). The
+    release reverts: the very same old replica serves again, and nothing of the new
+    version stays."""
     before = running_replicas()
-    failpoints({"pool.drain": {"action": "docker-error", "times": 1}})
+    failpoints({failpoint: {"action": "docker-error", "times": 1}})
     with LoadClient(max_seconds=120) as load:
-        ret = release(salt_cli, unique_version("f-drain-"))
-        assert ret.returncode != 0, "a release whose drain failed succeeded"
+        ret = release(salt_cli, unique_version(prefix))
+        assert ret.returncode != 0, f"a release whose old replica {what} succeeded"
         assert_pool_whole(steady)
     load.assert_served()
-    assert running_replicas() == before, "the old replica that failed to drain was not given back"
+    assert running_replicas() == before, f"the old replica that {what} was not given back"
     record = last_release()
-    assert record["result"] == "failed" and "injected failure at failpoint pool.drain" in record["reason"], (
-        record
-    )
+    assert (
+        record["result"] == "failed" and f"injected failure at failpoint {failpoint}" in record["reason"]
+    ), record
 
 
 def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_cli, steady, failpoints):
@@ -63,24 +74,6 @@ def test_revert_that_fails_is_retried_until_the_pool_is_whole(salt_cli, steady, 
     record = last_release()
     assert record["result"] == "failed" and "release.drain" in record["reason"], record
     assert "gave back 1 old one(s)" in record["reason"], record["reason"]
-
-
-def test_old_replica_that_fails_to_stop_stops_the_release_and_is_given_back(salt_cli, steady, failpoints):
-    """An old replica is stopped in the background once drained; dockerd errs on that
-    stop. The release stops at its next batch and reverts: the very same old replica
-    (it still runs) serves again, and nothing of the new version stays."""
-    before = running_replicas()
-    failpoints({"docker.stop": {"action": "docker-error", "times": 1}})
-    with LoadClient(max_seconds=120) as load:
-        ret = release(salt_cli, unique_version("f-stop-"))
-        assert ret.returncode != 0, "a release whose old replica failed to stop succeeded"
-        assert_pool_whole(steady)
-    load.assert_served()
-    assert running_replicas() == before, "the old replica that failed to stop was not given back"
-    record = last_release()
-    assert record["result"] == "failed" and "injected failure at failpoint docker.stop" in record["reason"], (
-        record
-    )
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from tests.helpers import (
     kv_get,
     kv_tree,
     last_release,
+    pool_lock_held,
     pool_settled,
     pool_state,
     running_replicas,
@@ -122,24 +123,20 @@ def test_release_waits_for_a_recovery_then_history_keeps_the_newest_100(salt_cli
     before = kv_tree("cabify/history/cabify/")
     # The failpoint fires on each wait for the lock and changes nothing: its count shows the wait.
     failpoints({"release.lock-wait": {"action": "sleep", "seconds": 0, "times": 1000}})
-    session = consul(
-        "PUT",
-        "/v1/session/create",
-        {"Name": "test recovery", "TTL": "60s", "LockDelay": "0s", "Behavior": "delete"},
-    )
-    recovery = {"id": "recovery-test", "minion": "test", "strategy": "recovery"}
-    assert consul("PUT", f"/v1/kv/cabify/locks/cabify?acquire={session['ID']}", recovery) is True
     new = unique_version("wait")
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(ret=release(salt_cli, new)))
-    thread.start()
     try:
-        wait_for(
-            lambda: _failpoint_times("release.lock-wait") < 1000, 60, "the release waiting for the recovery"
-        )
+        with pool_lock_held({"id": "recovery-test", "minion": "test", "strategy": "recovery"}):
+            thread.start()
+            wait_for(
+                lambda: _failpoint_times("release.lock-wait") < 1000,
+                60,
+                "the release waiting for the recovery",
+            )
     finally:
-        consul("PUT", f"/v1/session/destroy/{session['ID']}")
-        thread.join(timeout=300)
+        if thread.ident:
+            thread.join(timeout=300)
     assert result["ret"].returncode == 0, failed_states(result["ret"].data) or result["ret"].stderr[-2000:]
     record = last_release()
     assert record["to"] == new and record["result"] == "succeeded", record
