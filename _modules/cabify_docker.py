@@ -12,11 +12,18 @@ pool, version, role and spec hash. Nothing here knows about Consul or HAProxy.
 
 Images are ``<repository>:<version>`` (``cabify:image:repository``, default
 ``cabify-app``), built here on a base image that is built with debootstrap where no
-registry is reachable.
+registry is reachable, or pulled by digest from the fleet's registry
+(``cabify:image:registry``) and tagged so.
+
+A replica is reached on its pool's bridge at its container address, unless the host
+publishes replicas (``cabify:publish:address``, a fleet host): then Docker gives each a
+port of that host address, and the replica is reached (and registered) there, from any
+host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +31,8 @@ import secrets
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -49,6 +58,13 @@ LABEL_SOURCE = "cabify.source-hash"
 # Where the base image's root filesystem is made (see build_base_image).
 ROOTFS_DIR = "/var/cache/cabify"
 APP_PORT = 8080
+# What a registry may answer for an image's manifest (Docker's and OCI's).
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+)
 
 
 def __virtual__():
@@ -88,11 +104,35 @@ def repository() -> str:
     return __salt__["config.get"]("cabify:image:repository", "cabify-app")
 
 
+def publish_address() -> str:
+    """
+    The host address replicas are published on (``cabify:publish:address``), or "" when
+    they are reached at their container address (the one-host stack).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.publish_address
+    """
+    return str(__salt__["config.get"]("cabify:publish:address", "") or "")
+
+
+def _address(attrs: dict) -> tuple[str, int]:
+    """Where a replica is reached: the host address and port Docker published its port
+    on, else its address on its bridge network and the app's port."""
+    settings = attrs.get("NetworkSettings") or {}
+    for binding in (settings.get("Ports") or {}).get(f"{APP_PORT}/tcp") or []:
+        if binding.get("HostIp") not in (None, "", "0.0.0.0", "::") and binding.get("HostPort"):  # noqa: S104
+            return binding["HostIp"], int(binding["HostPort"])
+    networks = settings.get("Networks") or {}
+    return next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), ""), APP_PORT
+
+
 def _info(container) -> dict:
     labels = container.labels
     attrs = container.attrs
-    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    address = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), "")
+    address, port = _address(attrs)
     state = attrs.get("State") or {}
     return {
         "name": container.name,
@@ -105,7 +145,7 @@ def _info(container) -> dict:
         "exit_code": state.get("ExitCode", 0),
         "restarts": attrs.get("RestartCount", 0),
         "address": address,
-        "port": APP_PORT,
+        "port": port,
     }
 
 
@@ -205,6 +245,9 @@ def start_replica(
         kwargs["mem_limit"] = resources["memory"]
     if resources.get("cpus"):
         kwargs["nano_cpus"] = int(float(resources["cpus"]) * 1e9)
+    if publish_address():
+        # A port of the host's address, chosen by Docker: any host can reach it there.
+        kwargs["ports"] = {f"{APP_PORT}/tcp": (publish_address(), None)}
     image = f"{repository()}:{version}"
     _failpoint("docker.start")
     try:
@@ -427,13 +470,123 @@ def remove_image(tag: str) -> str:
 
         salt-call cabify_docker.remove_image cabify-app:2
     """
+    client = _client()
     try:
-        _client().images.remove(tag)
+        image = client.images.get(tag)
+        client.images.remove(tag)
+        # An image pulled by digest keeps that reference once its tag is gone: with no
+        # tag left, it goes too (unless a container uses it).
+        if not client.images.get(image.id).tags:
+            client.images.remove(image.id)
     except docker.errors.ImageNotFound:
         pass
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"removing {tag}: {err}") from err
     return tag
+
+
+def _manifest_url(registry: str, version: str) -> str:
+    return f"http://{registry}/v2/{repository()}/manifests/{version}"
+
+
+def registry_digest(version: str, registry: str) -> str | None:
+    """
+    The digest REGISTRY (``host:port``) holds for the app image of VERSION, or None
+    when it has no such tag.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.registry_digest 2 10.213.0.1:5000
+    """
+    request = urllib.request.Request(_manifest_url(registry, str(version)), method="HEAD")  # noqa: S310
+    request.add_header("Accept", ", ".join(MANIFEST_TYPES))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the fleet's own registry
+            return answer.headers.get("Docker-Content-Digest")
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise CommandExecutionError(f"registry {registry}: {repository()}:{version}: {err}") from err
+    except OSError as err:
+        raise CommandExecutionError(f"registry {registry} does not answer: {err}") from err
+
+
+def local_digest(version: str, registry: str) -> str | None:
+    """
+    The digest that the local app image of VERSION has in REGISTRY (it was pushed there
+    or pulled from there), or None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.local_digest 2 10.213.0.1:5000
+    """
+    try:
+        image = _client().images.get(f"{repository()}:{version}")
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: {err}") from err
+    prefix = f"{registry}/{repository()}@"
+    digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if d.startswith(prefix)]
+    return digests[0] if digests else None
+
+
+def push_image(version: str, registry: str) -> str:
+    """
+    Push the local app image of VERSION to REGISTRY and return its digest there.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.push_image 2 127.0.0.1:5000
+    """
+    client = _client()
+    remote = f"{registry}/{repository()}"
+    digest = None
+    try:
+        client.images.get(f"{repository()}:{version}").tag(remote, tag=str(version))
+        for line in client.images.push(remote, tag=str(version), stream=True, decode=True):
+            if line.get("error"):
+                raise CommandExecutionError(f"pushing {remote}:{version}: {line['error']}")
+            digest = (line.get("aux") or {}).get("Digest") or digest
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"pushing {remote}:{version}: {err}") from err
+    finally:
+        # The registry's name is kept as a digest only: `<repository>:<version>` stays
+        # the one tag that the pools run and the pruning counts.
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(f"{remote}:{version}")
+    if not digest:
+        raise CommandExecutionError(f"pushing {remote}:{version}: the registry gave no digest")
+    log.info("cabify: pushed %s:%s as %s", remote, version, digest)
+    return digest
+
+
+def pull_image(version: str, registry: str, digest: str) -> str:
+    """
+    Pull the app image of VERSION from REGISTRY by DIGEST (the bytes that were pushed,
+    whatever the tag says by then) and tag it ``<repository>:<version>``. Returns the
+    image's ID.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.pull_image 2 10.213.0.1:5000 sha256:0a1b...
+    """
+    reference = f"{registry}/{repository()}@{digest}"
+    try:
+        image = _client().images.pull(reference)
+        image.tag(repository(), tag=str(version))
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"pulling {reference}: {err}") from err
+    log.info("cabify: pulled %s as %s:%s", reference, repository(), version)
+    return image.id
 
 
 def build_image(version: str, source_dir: str, base_image: str) -> str:

@@ -13,6 +13,12 @@ unless the pool's ``network`` says otherwise.
     salt-call cabify_pool.reconcile cabify
     salt-call cabify_pool.heal
 
+A host with the ``lb`` role (or no roles grain: the all-in-one host) has the pool's
+HAProxy beside its replicas: health counts once HAProxy has a replica UP, and a drain
+waits until HAProxy shows no session on it. An app host of the fleet has none: health
+is Consul's check, and a drain waits until the replica has had no request for
+``DRAIN_QUIET`` seconds (the LBs' DNS has dropped it), up to ``drain_timeout``.
+
 Every change of a host's pool holds the pool's host lock (``/run/cabify/<pool>.lock``),
 so that a heal never undoes a converge or a release half-way; a release holds it for
 its whole run. A release passes its
@@ -23,6 +29,7 @@ its Consul lock, and stops when it lost it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import urllib.request
@@ -37,6 +44,9 @@ __virtualname__ = "cabify_pool"
 # How long a replica that was just started gets to answer /health before it is
 # registered anyway (critical until Consul's own check passes).
 HEALTH_PROBE_TIMEOUT = 2.0
+# On a host without its own LB: seconds without a request after which a deregistered
+# replica is taken as left by every LB (their resolvers ask Consul every 250 ms).
+DRAIN_QUIET = 1.0
 
 
 def __virtual__():
@@ -57,6 +67,20 @@ def _consul(func: str, *args, **kwargs):
 
 def _lb(func: str, *args, **kwargs):
     return __salt__[f"cabify_lb.{func}"](*args, **kwargs)
+
+
+def local_lb() -> bool:
+    """
+    True if this host runs the pools' HAProxy (role ``lb``, or no ``roles`` grain).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.local_lb
+    """
+    roles = __grains__.get("roles")
+    return not roles or "lb" in roles
 
 
 def _failpoint(name: str) -> None:
@@ -241,6 +265,8 @@ def apply_weights(pool: str, timeout: float = 20) -> dict:
     for replica in replicas:
         if replica["name"] in registered:
             register(pool, replica["name"], keep_status=True, current_weights=current)
+    if not local_lb():
+        return {"replicas": len(replicas), "weights": current}
     deadline = time.monotonic() + timeout
     while True:
         lb = _lb("servers", pool)
@@ -322,10 +348,12 @@ def reconcile(pool: str) -> dict:
     current = weights(pool)
     for name, replica in sorted(live.items()):
         reg = registered.get(name)
-        if reg is None or reg["address"] != replica["address"] or reg["pool"] != pool:
+        moved = reg is not None and (reg["address"], reg["port"]) != (replica["address"], replica["port"])
+        if reg is None or moved or reg["pool"] != pool:
             register(pool, name, current_weights=current)
             done["registered"].append(name)
-    released = _lb("release_stuck_slots", pool, [f"{r['address']}:{r['port']}" for r in live.values()])
+    live_slots = [f"{r['address']}:{r['port']}" for r in live.values()]
+    released = _lb("release_stuck_slots", pool, live_slots) if local_lb() else []
     if released:
         done["slots_released"] = released
     return done
@@ -336,7 +364,8 @@ def reconcile(pool: str) -> dict:
 
 def healthy(pool: str, name: str) -> bool:
     """
-    True once POOL's replica NAME is passing in Consul and UP in HAProxy.
+    True once POOL's replica NAME is passing in Consul and UP in HAProxy (this host's;
+    passing is all on a host without one).
 
     CLI Example:
 
@@ -347,6 +376,8 @@ def healthy(pool: str, name: str) -> bool:
     reg = _consul("registrations", pool).get(name)
     if not reg or reg["status"] != "passing":
         return False
+    if not local_lb():
+        return True
     server = _lb("server", pool, reg["address"], reg["port"])
     return bool(server and server["up"])
 
@@ -395,10 +426,11 @@ def wait_healthy(
             crashed()
             looked_at_docker = now
         registered = _consul("registrations", pool)
-        lb = _lb("servers", pool)
+        lb = _lb("servers", pool) if local_lb() else None
         for name in names:
             reg = registered.get(name) or {}
-            server = lb.get(f"{reg.get('address')}:{reg.get('port')}") or {}
+            slot = f"{reg.get('address')}:{reg.get('port')}"
+            server = {"up": True} if lb is None else lb.get(slot) or {}
             if server.get("state", "").startswith("DRAIN"):
                 # A slot that a drain left behind got this new replica: give it back.
                 _lb("set_state", pool, server["name"], "ready")
@@ -469,6 +501,24 @@ def _answers_health(replica: dict, timeout: float = HEALTH_PROBE_TIMEOUT) -> boo
     return False
 
 
+def _wait_quiet(replica: dict, quiet: float, timeout: float) -> bool:
+    """Wait until REPLICA has served no request for QUIET seconds (its /status), or is
+    gone; True if it did within TIMEOUT seconds."""
+    url = f"http://{replica['address']}:{replica['port']}/status"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as answer:
+                status = json.load(answer)
+        except (OSError, ValueError):
+            return True
+        if status.get("idle_for", quiet if not status.get("in_flight") else 0) >= quiet:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 def drain(
     pool: str, name: str, drain_timeout: float = 10, fence: dict | None = None, stop: bool = True
 ) -> dict:
@@ -493,12 +543,15 @@ def drain(
     if replica is None:
         _consul("deregister", name)
         return {"name": name, "gone": True}
-    slot = _lb("drain", pool, replica["address"], replica["port"]) if replica["address"] else None
+    here = local_lb() and bool(replica["address"])
+    slot = _lb("drain", pool, replica["address"], replica["port"]) if here else None
     _consul("deregister", name)
     started = time.monotonic()
     idle = True
     if slot:
         idle = _lb("wait_idle", pool, replica["address"], replica["port"], drain_timeout)
+    elif not local_lb() and replica["address"]:
+        idle = _wait_quiet(replica, DRAIN_QUIET, drain_timeout)
     _failpoint("pool.drain")
     check_fence(fence)
     stop_timeout = max(1.0, drain_timeout - (time.monotonic() - started)) + 2
@@ -533,7 +586,7 @@ def restore(pool: str, name: str, spec: dict | None = None) -> str:
     replica = _docker("replica", name)
     if replica is not None and replica["status"] == "running":
         register(pool, name, keep_status=True)
-        if replica["address"]:
+        if replica["address"] and local_lb():
             _lb("undrain", pool, replica["address"], replica["port"])
         return name
     if spec is None:
@@ -563,7 +616,7 @@ def remove_role(
             _consul("deregister", name)
         for name in names:
             drain(pool, name, drain_timeout=drain_timeout)
-        if names:
+        if names and local_lb():
             _lb("release_stuck_slots", pool, [f"{r['address']}:{r['port']}" for r in running(pool)])
     return names
 

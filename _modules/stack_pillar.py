@@ -27,6 +27,8 @@ _SIZE = re.compile(r"^[0-9]+[kmg]?$")
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 _HAPROXY_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
+_LISTEN = re.compile(r"^[0-9A-Za-z.-]*:[0-9]{1,5}$")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 # path -> (kind, required). Paths are relative to the formula's map ("consul:config:...").
 RULES: dict[str, dict[str, tuple[str, bool]]] = {
@@ -92,8 +94,22 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "image:suite": ("str", True),
         "image:source_dir": ("abs_path", True),
         "image:keep": ("positive_int", True),
+        "image:registry": ("registry_address", False),
+        "image:push_registry": ("registry_address", True),
+        "build:versions": ("list_of_image_tags", True),
+        "build:push": ("bool", True),
+        "publish:address": ("ip", False),
         "pool": ("mapping", True),
         "pools": ("pool_mapping", True),
+    },
+    "registry": {
+        "pkg": ("str", True),
+        "config_file": ("abs_path", True),
+        "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
+        "config": ("mapping", True),
+        "config:http:addr": ("listen_address", True),
+        "config:storage:filesystem:rootdirectory": ("abs_path", True),
     },
     "haproxy": {
         "pkg": ("str", True),
@@ -152,7 +168,9 @@ MEMBER_RULES: dict[str, dict[str, tuple[str, bool]]] = {
     },
     "haproxy": {
         "port": ("port", True),
-        "slots": ("positive_int", True),
+        "slots": ("positive_int", False),
+        "replicas": ("non_negative_int", True),
+        "surge": ("non_negative_int", True),
         "canary_slots": ("positive_int", True),
         "health_path": ("url_path", True),
         "timeout_connect": ("haproxy_time", True),
@@ -222,6 +240,15 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PL
     if kind == "image_tag":
         ok = isinstance(value, (str, int)) and not isinstance(value, bool) and _IMAGE_TAG.match(str(value))
         return None if ok else "must be a Docker tag: letters, digits, '_', '.', '-' (at most 128)"
+    if kind == "listen_address":
+        ok = isinstance(value, str) and _LISTEN.match(value) and 0 < int(value.rsplit(":", 1)[1]) < 65536
+        return None if ok else "must be [address]:port, such as :5000 or 127.0.0.1:5000"
+    if kind == "list_of_image_tags":
+        ok = isinstance(value, list) and all(_problem("image_tag", v) is None for v in value)
+        return None if ok else "must be a list of versions (Docker tags)"
+    if kind == "registry_address":
+        ok = isinstance(value, str) and _REGISTRY.match(value)
+        return None if ok else "must be a registry's host[:port], such as 10.213.0.1:5000"
     if kind == "image_ref":
         ok = isinstance(value, str) and _IMAGE_REF.match(value)
         return None if ok else "must be an image reference such as cabify-base:bookworm"
@@ -405,7 +432,23 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
             if port in seen and _is_int(port):
                 found.append(f"haproxy:backends:{name}:port: {port} is taken by {seen[port]}")
             seen.setdefault(port, f"haproxy:backends:{name}:port")
+            found.extend(_slot_problems(name, backend))
     return found
+
+
+def _slot_problems(name: str, backend: Any) -> list[str]:
+    """A backend's stable slots hold the pool's replicas (fleet-wide) plus a release's
+    surge: with fewer, a release would wait for a slot that never comes."""
+    if not isinstance(backend, dict):
+        return []
+    slots, replicas, surge = (backend.get(k) for k in ("slots", "replicas", "surge"))
+    if not (_is_int(slots) and _is_int(replicas) and _is_int(surge)) or slots >= replicas + surge:
+        return []
+    return [
+        f"haproxy:backends:{name}:slots: {slots} slots cannot hold the pool's {replicas} replicas "
+        f"(haproxy:backends:{name}:replicas) plus {surge} more during a release "
+        f"(haproxy:backends:{name}:surge); leave slots empty to have it derived"
+    ]
 
 
 def check(formula: str, data: dict) -> bool:

@@ -1,6 +1,7 @@
 """
-The Cabify App image, built on this host, and its base image when no registry is
-reachable.
+The Cabify App image: built on this host (and its base image when no registry is
+reachable), pushed from the build host to the fleet's registry, pulled by digest on an
+app host.
 
 .. code-block:: yaml
 
@@ -10,6 +11,18 @@ reachable.
         - source_dir: /var/cache/cabify/app
         - base_image: cabify-base:bookworm
         - base_mirror: http://deb.debian.org/debian   # build the base if absent
+
+    cabify-image-pushed:
+      cabify_image.pushed:
+        - version: "2"
+        - registry: 127.0.0.1:5000
+        - require:
+          - cabify_image: cabify-image-built
+
+    cabify-image-pulled:
+      cabify_image.pulled:
+        - version: "2"
+        - registry: 10.213.0.1:5000
 """
 
 from __future__ import annotations
@@ -93,4 +106,59 @@ def pruned(name: str, keep: int, protect: list[str] | None = None) -> dict:
         ret.update(result=False, comment=str(err))
         return ret
     ret["comment"] = f"Removed {len(removed)} old image(s), kept the newest {keep}"
+    return ret
+
+
+def pushed(name: str, version: str, registry: str) -> dict:
+    """
+    REGISTRY (``host:port``) holds this host's app image of VERSION under its tag: it is
+    pushed unless the registry's digest for the tag is the one this image was pushed as.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    reference = f"{registry}/{__salt__['cabify_docker.repository']()}:{version}"
+    try:
+        remote = __salt__["cabify_docker.registry_digest"](version, registry)
+        if remote and remote == __salt__["cabify_docker.local_digest"](version, registry):
+            ret["comment"] = f"{reference} is this host's image ({remote})"
+            return ret
+        if __opts__["test"]:
+            changes = {"pushed": reference, "was": remote}
+            ret.update(result=None, changes=changes, comment=f"Would push {reference}")
+            return ret
+        digest = __salt__["cabify_docker.push_image"](version, registry)
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret.update(changes={"pushed": reference, "digest": digest, "was": remote}, comment=f"Pushed {reference}")
+    return ret
+
+
+def pulled(name: str, version: str, registry: str) -> dict:
+    """
+    The app image of VERSION is the one REGISTRY (``host:port``) holds under that tag,
+    pulled by its digest, so that every host runs the same bytes. A version the registry
+    lacks is an error that says how to push it.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    repository = __salt__["cabify_docker.repository"]()
+    tag = f"{repository}:{version}"
+    try:
+        digest = __salt__["cabify_docker.registry_digest"](version, registry)
+        if digest is None:
+            raise CommandExecutionError(
+                f"registry {registry} has no {tag}: build and push it first "
+                f'(salt-run state.orchestrate orch.build pillar=\'{{"build": {{"version": "{version}"}} }}\')'
+            )
+        if __salt__["cabify_docker.local_digest"](version, registry) == digest:
+            ret["comment"] = f"{tag} is {registry}'s {digest}"
+            return ret
+        changes = {"pulled": f"{registry}/{repository}@{digest}", "tag": tag}
+        if __opts__["test"]:
+            ret.update(result=None, changes=changes, comment=f"Would pull {tag} from {registry}")
+            return ret
+        __salt__["cabify_docker.pull_image"](version, registry, digest)
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret.update(changes=changes, comment=f"Pulled {tag} from {registry} ({digest})")
     return ret

@@ -6,6 +6,8 @@ fleet:
     name: cabify-fleet
     subnet: 10.213.0.0/24
     gateway: 10.213.0.1
+  # The image registry on the machine (role registry), reached at the gateway.
+  registry_port: 5000
   hosts:
     node1: {address: 10.213.0.11, roles: [app, consul-server]}
     node2: {address: 10.213.0.12, roles: [app, consul-server]}

@@ -11,6 +11,9 @@ base:
   'roles:lb':
     - match: grain
     - haproxy
+  'roles:registry':
+    - match: grain
+    - registry
   'roles:app':
     - match: grain
     - cabify

@@ -4,7 +4,8 @@ The Cabify App stand-in: a small stateless HTTP service, one replica per contain
 GET /            200 {"version", "instance", ...}    (500 with FAULT=http500)
 GET /health      200 while serving, 503 once draining (or always with FAULT=unhealthy)
 GET /sleep/<s>   200 after <s> seconds (at most 600): a slow request, for drain tests
-GET /status      200 {"in_flight", "draining"}: requests being served now
+GET /status      200 {"in_flight", "idle_for", "draining"}: requests being served now,
+                 and seconds since the last one ended (0 while one is in flight)
 
 SIGTERM starts a drain: /health turns 503 so that HAProxy and Consul stop sending new
 work, requests keep being served (new ones too), and the process exits 0 as soon as no
@@ -42,6 +43,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
+        self.last = time.monotonic()
         self.idle = threading.Condition()
 
     def __enter__(self) -> None:
@@ -51,7 +53,13 @@ class InFlight:
     def __exit__(self, *exc) -> None:
         with self.idle:
             self.count -= 1
+            self.last = time.monotonic()
             self.idle.notify_all()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request ended; 0 while one is in flight."""
+        with self.idle:
+            return 0.0 if self.count else round(time.monotonic() - self.last, 3)
 
     def wait_idle(self, timeout: float) -> bool:
         with self.idle:
@@ -93,7 +101,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200 if healthy else 503, {"status": "ok" if healthy else "draining"})
             return
         if self.path == "/status":
-            self._send(200, {"in_flight": in_flight.count, "draining": draining.is_set()})
+            status = {"in_flight": in_flight.count, "idle_for": in_flight.idle_for()}
+            self._send(200, {**status, "draining": draining.is_set()})
             return
         with in_flight:
             if self.path.startswith("/sleep/"):

@@ -1,0 +1,46 @@
+{#- What a fleet host's place in pillar/fleet.sls makes of the formulas:
+    - Consul: a server on consul-server hosts, which wait for all of them before
+      electing a leader, a client agent elsewhere; every agent binds to its host's
+      address and joins the servers.
+    - App hosts: replicas published on the host's address; images pulled by digest
+      from the registry on the machine (the network's gateway), which their dockerd
+      reaches over plain HTTP.
+    - LB hosts: each pool's stable slots derived from its replicas on every app host
+      plus a release's surge. -#}
+{%- import_yaml "fleet.sls" as fleet %}
+{%- import_yaml "stack.sls" as stack %}
+{%- set hosts = fleet.fleet.hosts %}
+{%- set me = hosts[grains["id"]] %}
+{%- set registry = fleet.fleet.network.gateway ~ ":" ~ fleet.fleet.registry_port %}
+{%- set servers = [] %}
+{%- set apps = [] %}
+{%- for name, host in hosts | dictsort %}
+{%-   do servers.append(host.address) if "consul-server" in host.roles %}
+{%-   do apps.append(name) if "app" in host.roles %}
+{%- endfor %}
+{%- set server = "consul-server" in me.roles %}
+consul:
+  config:
+    server: {{ server | json }}
+    bootstrap_expect: {{ (servers | length if server else none) | json }}
+    bind_addr: {{ me.address }}
+    retry_join: {{ servers | json }}
+{%- if "app" in me.roles %}
+docker:
+  daemon_json:
+    insecure-registries: [{{ registry | json }}]
+cabify:
+  image:
+    registry: {{ registry | json }}
+  publish:
+    address: {{ me.address }}
+{%- endif %}
+{%- if "lb" in me.roles %}
+haproxy:
+  backends:
+{%-   for name, pool in stack.cabify.pools | dictsort %}
+    {{ name }}:
+      replicas: {{ (pool.replicas | default(3)) * (apps | length) }}
+      slots: null
+{%-   endfor %}
+{%- endif %}

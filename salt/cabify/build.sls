@@ -1,0 +1,55 @@
+{#- The app's images, built on this host: the versions the pools run, or those that
+    cabify:build:versions names (orch.build). With cabify:build:push (the build host
+    of a fleet), each is pushed to cabify:image:push_registry as well. -#}
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata as cabify with context %}
+{%- set image = cabify.image %}
+{%- set versions = cabify.build.versions or cabify.pools.values() | map(attribute="version") | list %}
+
+include:
+  - {{ tplroot }}.valid
+
+{%- if image.build_base %}
+
+cabify-install-debootstrap-installed:
+  pkg.installed:
+    - name: debootstrap
+    - require:
+      - stack_pillar: {{ tplroot }}-pillar-valid
+{%- endif %}
+
+cabify-install-sources-managed:
+  file.recurse:
+    - name: {{ image.source_dir }}
+    - source: salt://{{ tplroot }}/files/app
+    - clean: true
+    - makedirs: true
+    - require:
+      - stack_pillar: {{ tplroot }}-pillar-valid
+
+{%- for version in versions | map("string") | unique | sort %}
+
+cabify-install-image-{{ version }}-built:
+  cabify_image.built:
+    - version: {{ version | json }}
+    - source_dir: {{ image.source_dir }}
+    - base_image: {{ image.base }}
+{%-   if image.build_base %}
+    - base_mirror: {{ salt["apt_source.debian_mirror"]() }}
+    - base_suite: {{ image.suite }}
+{%-   endif %}
+    - require:
+      - file: cabify-install-sources-managed
+{%-   if image.build_base %}
+      - pkg: cabify-install-debootstrap-installed
+{%-   endif %}
+{%-   if cabify.build.push %}
+
+cabify-build-image-{{ version }}-pushed:
+  cabify_image.pushed:
+    - version: {{ version | json }}
+    - registry: {{ image.push_registry }}
+    - require:
+      - cabify_image: cabify-install-image-{{ version }}-built
+{%-   endif %}
+{%- endfor %}
