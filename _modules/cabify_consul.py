@@ -16,7 +16,10 @@ name, service = pool name), tags and meta with pool, version and role, an HTTP c
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 from typing import Any
 
 from salt.exceptions import CommandExecutionError
@@ -313,3 +316,45 @@ def lock_release(key: str, session: str) -> None:
         salt-call cabify_consul.lock_release cabify/locks/cabify 1f0e...
     """
     _call(f"releasing {key}", _client().session.destroy, session)
+
+
+# --- failed nodes -----------------------------------------------------------------------------
+
+# When this server first saw each failed node (reap_failed_nodes runs in a new process
+# each time, from the minion's schedule).
+FAILED_SINCE = "/var/cache/cabify/consul-failed-since.json"
+# Serf's member status of a node that stopped answering (left ones are 3).
+_FAILED = 4
+
+
+def reap_failed_nodes(after: float = 30) -> list[str]:
+    """
+    Force out of the cluster the nodes that have been failed (a host that died without
+    leaving) for AFTER seconds: Consul then removes their services from the catalog.
+    Until then their instances stay in the catalog as critical, and a node that comes
+    back in time keeps them. Returns the nodes forced out. Run on servers, from the
+    minion's schedule (pillar ``schedule``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.reap_failed_nodes after=30
+    """
+    members = _call("listing members", _client().agent.members)
+    failed = {m["Name"] for m in members if m.get("Status") == _FAILED}
+    try:
+        with open(FAILED_SINCE, encoding="utf-8") as file:
+            seen = json.load(file)
+    except (OSError, ValueError):
+        seen = {}
+    seen, reap = __utils__["cabify_plan.nodes_to_reap"](failed, seen, time.time(), float(after))
+    for node in reap:
+        _call(f"forcing {node} out", _client().agent.force_leave, node)
+        log.warning("cabify: consul node %s failed %ss ago: forced out of the catalog", node, after)
+        seen.pop(node, None)
+    os.makedirs(os.path.dirname(FAILED_SINCE), exist_ok=True)
+    with open(FAILED_SINCE + ".new", "w", encoding="utf-8") as file:
+        json.dump(seen, file)
+    os.replace(FAILED_SINCE + ".new", FAILED_SINCE)
+    return reap

@@ -126,3 +126,13 @@ def images_to_prune(images: list[dict], keep: int, protect: set[str]) -> list[st
         if kept > keep:
             prune.append(image["tag"])
     return sorted(prune, key=lambda tag: next(i["created"] for i in images if i["tag"] == tag))
+
+
+def nodes_to_reap(
+    failed: set[str], seen: dict[str, float], now: float, after: float
+) -> tuple[dict, list[str]]:
+    """Which failed Consul nodes to force out of the cluster: those seen failed for
+    AFTER seconds or more. SEEN maps a node to when it was first seen failed; returns
+    the new map (nodes no longer failed are forgotten) and the nodes to reap."""
+    since = {node: seen.get(node, now) for node in sorted(failed)}
+    return since, [node for node, first in since.items() if now - first >= after]

@@ -1,7 +1,10 @@
 {#- What a fleet host's place in pillar/fleet.sls makes of the formulas:
     - Consul: a server on consul-server hosts, which wait for all of them before
       electing a leader, a client agent elsewhere; every agent binds to its host's
-      address and joins the servers.
+      address and joins the servers. Servers force out a node that has been failed
+      (a host that died) for 15 s, so that its instances leave the catalog within
+      the pools' deregister_critical_after (30 s) of its death: failure detection
+      takes about 5 s, the schedule runs every 5 s.
     - App hosts: replicas published on the host's address; images pulled by digest
       from the registry on the machine (the network's gateway), which their dockerd
       reaches over plain HTTP.
@@ -25,6 +28,16 @@ consul:
     bootstrap_expect: {{ (servers | length if server else none) | json }}
     bind_addr: {{ me.address }}
     retry_join: {{ servers | json }}
+{%- if server %}
+schedule:
+  cabify-consul-reap-failed-nodes:
+    function: cabify_consul.reap_failed_nodes
+    seconds: 5
+    maxrunning: 1
+    return_job: false
+    kwargs:
+      after: 15
+{%- endif %}
 {%- if "app" in me.roles %}
 docker:
   daemon_json:

@@ -6,12 +6,17 @@
 # A host is started with the capability set that works on machines where --privileged
 # is refused (../ENVIRONMENT.md "Container hosts"); app hosts get a volume for
 # /var/lib/docker, where their own dockerd runs overlay2.
+# Another master than make up's (the test suite's): SALT_CONFIG_DIR (its salt-key and
+# salt), SALT_MASTER_PORT and SALT_PUBLISH_PORT (where it listens).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-/opt/cabify-salt/venv}
 IMAGE=cabify-fleet-host
 BASE=cabify-base:bookworm
+SALT_CONFIG_DIR=${SALT_CONFIG_DIR:-/etc/salt}
 say() { echo "fleet: $*"; }
+salt_key() { "$VENV/bin/salt-key" -c "$SALT_CONFIG_DIR" "$@"; }
+salt_cmd() { "$VENV/bin/salt" -c "$SALT_CONFIG_DIR" "$@"; }
 
 fleet() {  # fleet <python expression over the pillar's `fleet` mapping>
   "$VENV/bin/python" -c "import sys, yaml; f = yaml.safe_load(open(sys.argv[1]))['fleet']; print($1)" \
@@ -59,29 +64,30 @@ host() {  # host NAME: started, unless it runs
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
     --tmpfs /run --tmpfs /tmp -v /sys/fs/cgroup:/sys/fs/cgroup:rw "${volumes[@]}" \
     -e SALT_MASTER="$(fleet "f['network']['gateway']")" -e ROLES="$roles" \
+    -e SALT_MASTER_PORT="${SALT_MASTER_PORT:-4506}" -e SALT_PUBLISH_PORT="${SALT_PUBLISH_PORT:-4505}" \
     --label cabify.fleet=host "$IMAGE" >/dev/null
 }
 
 accept() {  # the hosts' keys, by name, once each has asked; then each answers
   local deadline=$((SECONDS + 120)) name
   for name in $HOSTS; do
-    until "$VENV/bin/salt-key" -l acc --out=json 2>/dev/null | grep -q "\"$name\""; do
-      if "$VENV/bin/salt-key" -l un --out=json 2>/dev/null | grep -q "\"$name\""; then
-        "$VENV/bin/salt-key" -y -a "$name" >/dev/null
+    until salt_key -l acc --out=json 2>/dev/null | grep -q "\"$name\""; do
+      if salt_key -l un --out=json 2>/dev/null | grep -q "\"$name\""; then
+        salt_key -y -a "$name" >/dev/null
       fi
       [ $SECONDS -lt $deadline ] || { say "$name never sent its key (docker logs cabify-fleet-$name)" >&2; exit 1; }
       sleep 0.5
     done
   done
   local answers
-  until answers=$("$VENV/bin/salt" -L "${HOSTS// /,}" --out=txt test.ping 2>/dev/null | grep -c True)
+  until answers=$(salt_cmd -L "${HOSTS// /,}" --out=txt test.ping 2>/dev/null | grep -c True)
         [ "$answers" -eq "$(wc -w <<<"$HOSTS")" ]; do
     [ $SECONDS -lt $deadline ] || { say "not every host answers test.ping" >&2; exit 1; }
     sleep 1
   done
   # The formulas call this project's modules while they render: a new minion has them
   # before its first state run.
-  "$VENV/bin/salt" -L "${HOSTS// /,}" saltutil.sync_all >/dev/null 2>&1
+  salt_cmd -L "${HOSTS// /,}" saltutil.sync_all >/dev/null 2>&1
   say "hosts up: $HOSTS"
 }
 
@@ -90,7 +96,7 @@ down() {
   for name in $HOSTS; do
     docker rm -f "cabify-fleet-$name" >/dev/null 2>&1 || true
     docker volume rm "cabify-fleet-$name-docker" >/dev/null 2>&1 || true
-    "$VENV/bin/salt-key" -y -d "$name" >/dev/null 2>&1 || true
+    salt_key -y -d "$name" >/dev/null 2>&1 || true
   done
   docker network rm "$NETWORK" >/dev/null 2>&1 || true
   say "removed"

@@ -35,6 +35,9 @@ def salt_master(salt_factories):
     overrides = _master_config()
     for key in ("auto_accept", "open_mode"):  # salt-factories accepts its own minion's key
         overrides.pop(key, None)
+    # The fleet tier's hosts (containers on their own network) reach it on the machine's
+    # address there; the ports stay the ones salt-factories picked.
+    overrides["interface"] = "0.0.0.0"  # noqa: S104
     factory = salt_factories.salt_master_daemon("cabify-master", overrides=overrides)
     with factory.started(start_timeout=120):
         yield factory

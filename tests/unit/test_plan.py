@@ -111,3 +111,17 @@ def test_images_to_prune_keeps_the_newest_and_never_one_in_use_or_asked_for():
         "cabify-app:4",
     ]
     assert plan.images_to_prune(images, keep=5, protect=set()) == []
+
+
+def test_a_failed_node_is_reaped_once_it_has_been_failed_long_enough():
+    seen, reap = plan.nodes_to_reap({"node3"}, {}, now=100.0, after=30)
+    assert seen == {"node3": 100.0} and reap == []
+    seen, reap = plan.nodes_to_reap({"node3"}, seen, now=129.0, after=30)
+    assert reap == []
+    seen, reap = plan.nodes_to_reap({"node3", "lb2"}, seen, now=130.0, after=30)
+    assert reap == ["node3"] and seen == {"lb2": 130.0, "node3": 100.0}
+
+
+def test_a_node_that_came_back_is_forgotten():
+    seen, reap = plan.nodes_to_reap(set(), {"node3": 100.0}, now=200.0, after=30)
+    assert seen == {} and reap == []

@@ -1,0 +1,198 @@
+"""The fleet tier: container hosts (scripts/fleet.sh) as minions of the test master,
+converged from nothing by orch.fleet, and helpers that look at them from the machine:
+each LB's HAProxy, each host's Consul agent and dockerd, through `docker exec`.
+
+Run on its own with ``pytest -m fleet``; ``pytest -m "not fleet"`` leaves it out."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import salt.client
+import salt.config
+import yaml
+
+from tests.helpers import wait_for
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TOPOLOGY = yaml.safe_load((REPO / "pillar" / "fleet.sls").read_text())["fleet"]
+HOSTS = TOPOLOGY["hosts"]
+APP_HOSTS = sorted(h for h, v in HOSTS.items() if "app" in v["roles"])
+LB_HOSTS = sorted(h for h, v in HOSTS.items() if "lb" in v["roles"])
+SERVERS = sorted(h for h, v in HOSTS.items() if "consul-server" in v["roles"])
+REGISTRY = f"{TOPOLOGY['network']['gateway']}:{TOPOLOGY['registry_port']}"
+STACK = yaml.safe_load((REPO / "pillar" / "stack.sls").read_text())
+# Each app host runs the pool's replicas of pillar/stack.sls.
+POOL_TOTAL = STACK["cabify"]["pools"]["cabify"]["replicas"] * len(APP_HOSTS)
+log = logging.getLogger(__name__)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if pathlib.Path(str(item.fspath)).is_relative_to(pathlib.Path(__file__).parent):
+            item.add_marker(pytest.mark.fleet)
+
+
+def address(host: str) -> str:
+    return HOSTS[host]["address"]
+
+
+def container(host: str) -> str:
+    return f"cabify-fleet-{host}"
+
+
+def host_run(host: str, *command: str, timeout: float = 30, check: bool = True) -> str:
+    """COMMAND run on fleet host HOST (docker exec); its output."""
+    proc = subprocess.run(
+        ["docker", "exec", container(host), *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode:
+        raise AssertionError(f"{host}: {' '.join(command)}: exit {proc.returncode}: {proc.stderr[-500:]}")
+    return proc.stdout
+
+
+_SHOW_STAT = """
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/haproxy/admin.sock")
+s.sendall(b"show stat\\n")
+print(b"".join(iter(lambda: s.recv(65536), b"")).decode())
+"""
+
+
+def lb_servers(lb: str, backend: str = "cabify") -> dict[str, str]:
+    """LB's servers of BACKEND that have an address: ``address:port`` -> status."""
+    text = host_run(lb, "python3", "-c", _SHOW_STAT, timeout=10)
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {
+        r["addr"]: r["status"]
+        for r in rows
+        if r["pxname"] == backend
+        and r["svname"] not in ("FRONTEND", "BACKEND")
+        and r.get("addr") not in ("", "-", None)
+    }
+
+
+def in_rotation(lb: str, backend: str = "cabify") -> set[str]:
+    """The ``address:port`` of BACKEND's servers that LB sends requests to."""
+    return {a for a, status in lb_servers(lb, backend).items() if status.startswith("UP")}
+
+
+def out_of_rotation(host: str, backend: str = "cabify") -> bool:
+    """No LB sends requests of BACKEND to a replica on HOST."""
+    return all(
+        not any(a.startswith(address(host) + ":") for a in in_rotation(lb, backend)) for lb in LB_HOSTS
+    )
+
+
+def consul_api(host: str, path: str) -> Any:
+    """GET PATH of HOST's own Consul agent (it listens on the host's loopback)."""
+    url = f"http://127.0.0.1:8500{path}"
+    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"
+    return json.loads(host_run(host, "python3", "-c", code, timeout=10))
+
+
+class FleetCli:
+    """`salt -L HOSTS FUN ARGS...` on the test master, for the fleet's hosts."""
+
+    def __init__(self, master_config_file: str):
+        self._opts = salt.config.client_config(master_config_file)
+
+    def run(self, hosts: list[str] | str, fun: str, *args, timeout: float = 600, **kwargs) -> dict:
+        targets = [hosts] if isinstance(hosts, str) else list(hosts)
+        client = salt.client.LocalClient(mopts=copy.deepcopy(self._opts))
+        try:
+            returned = client.cmd(
+                targets, fun, list(args), tgt_type="list", timeout=timeout, kwarg=kwargs or None
+            )
+        finally:
+            client.destroy()
+        missing = sorted(set(targets) - set(returned))
+        assert not missing, f"{fun}: no return from {missing}"
+        return returned
+
+
+def state_results(returned: dict) -> tuple[dict, dict]:
+    """Per host: the states that failed (ID -> comment) and those that changed."""
+    failed, changed = {}, {}
+    for host, states in returned.items():
+        if not isinstance(states, dict):
+            failed[host] = {"?": str(states)}
+            continue
+        bad = {k.split("_|-")[1]: v.get("comment") for k, v in states.items() if not v.get("result")}
+        moved = {k.split("_|-")[1]: v.get("changes") for k, v in states.items() if v.get("changes")}
+        if bad:
+            failed[host] = bad
+        if moved:
+            changed[host] = moved
+    return failed, changed
+
+
+def pool_serves_everywhere(backend: str = "cabify", total: int = POOL_TOTAL) -> bool:
+    """Every LB has TOTAL servers of BACKEND in rotation, on every app host."""
+    for lb in LB_HOSTS:
+        up = in_rotation(lb, backend)
+        if len(up) != total or {a.split(":")[0] for a in up} != {address(h) for h in APP_HOSTS}:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def fleet_cli(salt_master) -> FleetCli:
+    return FleetCli(salt_master.config_file)
+
+
+@pytest.fixture(scope="session")
+def fleet(salt_master, highstate, fleet_cli):
+    """The fleet of pillar/fleet.sls, from nothing: hosts started bare (Debian 12 and a
+    Salt minion of the test master), then one orch.fleet. Removed at the end."""
+    env = {
+        **os.environ,
+        "VENV": sys.prefix,
+        "SALT_CONFIG_DIR": salt_master.config_dir,
+        "SALT_MASTER_PORT": str(salt_master.config["ret_port"]),
+        "SALT_PUBLISH_PORT": str(salt_master.config["publish_port"]),
+    }
+
+    def fleet_sh(action: str) -> None:
+        proc = subprocess.run(
+            [str(REPO / "scripts" / "fleet.sh"), action],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert proc.returncode == 0, f"fleet.sh {action}: {proc.stdout[-1000:]} {proc.stderr[-2000:]}"
+
+    started = time.monotonic()
+    fleet_sh("down")
+    fleet_sh("up")
+    hosts_up = time.monotonic() - started
+    run = salt_master.salt_run_cli(timeout=1200)
+    ret = run.run("state.orchestrate", "orch.fleet")
+    assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
+    log.info(
+        "fleet: hosts up in %.0fs, converged from nothing in %.0fs", hosts_up, time.monotonic() - started
+    )
+    wait_for(
+        pool_serves_everywhere, 60, f"both LBs with {POOL_TOTAL} replicas of cabify UP, on every app host"
+    )
+    yield {"orch": ret.data, "seconds": time.monotonic() - started}
+    if os.environ.get("CABIFY_KEEP_FLEET") != "1":
+        fleet_sh("down")
