@@ -2,7 +2,7 @@
 #   make up    install the Salt virtualenv, start salt-master + salt-minion, converge this host
 #   make test  install what the tests need and run the whole suite against this host
 #   make bench a release under load on the host `make up` set up; figures in bench/results/
-#   make fleet container hosts (pillar/fleet.sls) as minions of this machine's master
+#   make fleet container hosts (pillar/fleet.sls), minions of this machine's master, converged
 #   make fleet-down  removes them
 SHELL       := /bin/bash
 REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -64,9 +64,11 @@ lock:
 	$(REPO)/.lockvenv/bin/pip freeze --all | grep -vE '^(pip|setuptools)==' > requirements.lock
 	rm -rf $(REPO)/.lockvenv
 
-# The fleet's hosts start as bare minions of this machine's master (Debian 12 + Salt).
+# The fleet's hosts start as bare minions of this machine's master (Debian 12 + Salt),
+# then orch.fleet converges them (again: no change).
 fleet: up
 	VENV=$(VENV) scripts/fleet.sh up
+	$(VENV)/bin/salt-run --state-output=changes --state-verbose=False state.orchestrate orch.fleet
 
 fleet-down:
 	VENV=$(VENV) scripts/fleet.sh down

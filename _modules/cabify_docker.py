@@ -23,7 +23,6 @@ host.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -471,9 +470,13 @@ def remove_image(tag: str) -> str:
         salt-call cabify_docker.remove_image cabify-app:2
     """
     client = _client()
+    name, _, version = tag.rpartition(":")
     try:
         image = client.images.get(tag)
-        client.images.remove(tag)
+        # Its registry names (`<registry>/<repository>:<version>`, pushed from here) go
+        # with it.
+        for other in [t for t in image.tags if t != tag and t.endswith(f"/{name}:{version}")] + [tag]:
+            client.images.remove(other)
         # An image pulled by digest keeps that reference once its tag is gone: with no
         # tag left, it goes too (unless a container uses it).
         if not client.images.get(image.id).tags:
@@ -556,11 +559,8 @@ def push_image(version: str, registry: str) -> str:
             digest = (line.get("aux") or {}).get("Digest") or digest
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"pushing {remote}:{version}: {err}") from err
-    finally:
-        # The registry's name is kept as a digest only: `<repository>:<version>` stays
-        # the one tag that the pools run and the pruning counts.
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(f"{remote}:{version}")
+    # The tag `<registry>/<repository>:<version>` stays: it holds the digest the
+    # registry gave (local_digest), and goes with `<repository>:<version>` (remove_image).
     if not digest:
         raise CommandExecutionError(f"pushing {remote}:{version}: the registry gave no digest")
     log.info("cabify: pushed %s:%s as %s", remote, version, digest)

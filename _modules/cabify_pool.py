@@ -709,6 +709,29 @@ def pools() -> list[str]:
     return sorted({r["pool"] for r in _docker("replicas") if r["pool"]})
 
 
+def summary(pool: str | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """
+    This host's share of POOL (of every pool here without it): by version, the replicas
+    running, and how many of them pass their check in Consul. What ``salt-run
+    cabify.status`` shows for each app host.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.summary cabify
+    """
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for name in [pool] if pool else pools():
+        registered = _consul("registrations", name)
+        versions = found.setdefault(name, {})
+        for replica in running(name):
+            counts = versions.setdefault(replica["version"], {"running": 0, "passing": 0})
+            counts["running"] += 1
+            counts["passing"] += registered.get(replica["name"], {}).get("status") == "passing"
+    return found
+
+
 def heal(pool: str | None = None, replace_critical: bool = False) -> dict:
     """
     Replace POOL's replicas that died (killed, crashed) with new ones of the same

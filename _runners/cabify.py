@@ -12,11 +12,16 @@ promote or abort of a running canary.
 
 Consul is reached at ``cabify_consul_host``/``cabify_consul_port`` of the master's
 configuration (default 127.0.0.1:8500), with ``cabify_consul_token`` when ACLs are on.
+What runs on each app host (``cabify_app_target``, default ``G@roles:app``) is asked of
+the hosts themselves, through Salt: a fleet's Consul need not be reachable from the
+master.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import salt.client
 
 try:
     import consul  # noqa: F401 - checked by __virtual__; the client comes from cabify_kv
@@ -93,11 +98,39 @@ def history(pool: str, limit: int = 20) -> list[dict]:
     return sorted(releases, key=lambda r: r["id"], reverse=True)[: int(limit)]
 
 
+def hosts(pool: str | None = None, timeout: int = 10) -> dict[str, Any]:
+    """
+    What each app host runs, asked of the hosts: by pool and version, the replicas
+    running and how many pass their check. A host that does not answer within TIMEOUT
+    seconds says so.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.hosts --out=json
+        salt-run cabify.hosts shop
+    """
+    target = __opts__.get("cabify_app_target", "G@roles:app")
+    client = salt.client.get_local_client(__opts__["conf_file"])
+    try:
+        expected = client.gather_minions(target, "compound")
+        answers = client.cmd(
+            target, "cabify_pool.summary", [pool] if pool else [], tgt_type="compound", timeout=timeout
+        )
+    finally:
+        client.destroy()
+    found: dict[str, Any] = {host: "no answer" for host in expected}
+    found.update(answers)
+    return dict(sorted(found.items()))
+
+
 def status(pool: str | None = None) -> dict:
     """
     POOL now (every pool without it): the running release (lock holder) if any, the
-    last release, the instances registered in Consul by version and health, the
-    canary's live state and the weights in force.
+    last release, the instances registered in Consul by version and health, what each
+    app host runs (``hosts``: by version, running and passing), the canary's live state
+    and the weights in force.
 
     CLI Example:
 
@@ -107,8 +140,14 @@ def status(pool: str | None = None) -> dict:
         salt-run cabify.status shop --out=json
     """
     client = _client()
-    if pool is None:
-        return {name: status(name) for name in _pools(client)}
+    per_host = hosts(pool)
+    if pool is not None:
+        return _status(client, pool, per_host)
+    here = {name for found in per_host.values() if isinstance(found, dict) for name in found}
+    return {name: _status(client, name, per_host) for name in sorted(set(_pools(client)) | here)}
+
+
+def _status(client, pool: str, per_host: dict) -> dict:
     _, nodes = client.health.service(pool)
     instances: dict[str, dict[str, int]] = {}
     for node in nodes:
@@ -123,6 +162,10 @@ def status(pool: str | None = None) -> dict:
         "release_running": _holder(client, pool),
         "last_release": last[0] if last else None,
         "instances": instances,
+        "hosts": {
+            host: found.get(pool, {}) if isinstance(found, dict) else found
+            for host, found in per_host.items()
+        },
         "canary": _get(client, _kv("canary_state", pool)),
         "weights": _get(client, _kv("weights", pool)),
     }

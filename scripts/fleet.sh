@@ -54,6 +54,8 @@ host() {  # host NAME: started, unless it runs
   local name=$1 container="cabify-fleet-$1" roles address volumes=()
   [ "$(docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null)" = true ] && return
   docker rm -f "$container" >/dev/null 2>&1 || true
+  # A new container makes a new key: a key this master holds for the name is stale.
+  salt_key -y -d "$name" >/dev/null 2>&1 || true
   roles=$(fleet "','.join(f['hosts']['$name']['roles'])")
   address=$(fleet "f['hosts']['$name']['address']")
   [[ ",$roles," == *,app,* ]] && volumes=(-v "$container-docker:/var/lib/docker")

@@ -36,12 +36,21 @@ STACK = yaml.safe_load((REPO / "pillar" / "stack.sls").read_text())
 # Each app host runs the pool's replicas of pillar/stack.sls.
 POOL_TOTAL = STACK["cabify"]["pools"]["cabify"]["replicas"] * len(APP_HOSTS)
 log = logging.getLogger(__name__)
+# What the fleet tier measured (seconds), printed after the run: the README's figures.
+FIGURES: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if pathlib.Path(str(item.fspath)).is_relative_to(pathlib.Path(__file__).parent):
             item.add_marker(pytest.mark.fleet)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.write_line(
+            "fleet figures: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in FIGURES.items())
+        )
 
 
 def address(host: str) -> str:
@@ -187,12 +196,11 @@ def fleet(salt_master, highstate, fleet_cli):
     run = salt_master.salt_run_cli(timeout=1200)
     ret = run.run("state.orchestrate", "orch.fleet")
     assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
-    log.info(
-        "fleet: hosts up in %.0fs, converged from nothing in %.0fs", hosts_up, time.monotonic() - started
-    )
+    seconds = time.monotonic() - started
+    FIGURES.update({"hosts started": hosts_up, "converged from nothing": seconds})
     wait_for(
-        pool_serves_everywhere, 60, f"both LBs with {POOL_TOTAL} replicas of cabify UP, on every app host"
+        pool_serves_everywhere, 60, f"both LBs with {POOL_TOTAL} replicas of cabify UP on every app host"
     )
-    yield {"orch": ret.data, "seconds": time.monotonic() - started}
+    yield {"orch": ret.data, "seconds": seconds}
     if os.environ.get("CABIFY_KEEP_FLEET") != "1":
         fleet_sh("down")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fleet.conftest import (
     APP_HOSTS,
+    FIGURES,
     LB_HOSTS,
     POOL_TOTAL,
     REGISTRY,
@@ -68,7 +69,9 @@ def test_the_fleet_converges_from_nothing_and_a_second_highstate_changes_nothing
     steps = next(iter(orch["data"].values()))
     assert all(step["result"] for step in steps.values()), {k: s["comment"] for k, s in steps.items()}
     with load_through(LB_HOSTS[0]):
+        started = time.monotonic()
         failed, changed = state_results(fleet_cli.run(list(APP_HOSTS + LB_HOSTS), "state.apply"))
+        FIGURES["second highstate"] = time.monotonic() - started
     assert not failed, f"the second highstate failed: {failed}"
     assert not changed, f"the second highstate changed: {changed}"
 
@@ -140,6 +143,7 @@ def test_killing_the_consul_leader_costs_no_request_and_a_new_one_is_elected_wit
     finally:
         failed, _ = state_results(fleet_cli.run(victim, "state.apply", "consul"))
         assert not failed, f"{victim}: consul did not start again: {failed}"
+    FIGURES["new Consul leader"] = seconds
     assert seconds <= 5, f"the new leader {elected} was elected {seconds:.1f}s after the kill"
     wait_for(pool_serves_everywhere, 60, f"every replica back in both LBs once {victim}'s agent runs again")
 
@@ -187,6 +191,7 @@ def test_a_dead_app_host_costs_no_request_and_leaves_both_lbs_within_3s(fleet, f
         )
         failed, _ = state_results(fleet_cli.run(victim, "state.apply"))
         assert not failed, f"{victim} did not converge again: {failed}"
+    FIGURES.update({"dead host out of both LBs": out_after, "dead host out of the catalog": catalog_after})
     assert out_after <= 3, f"{victim}'s replicas left both LBs {out_after:.1f}s after it died"
     assert catalog_after <= 30, f"{victim}'s instances left the catalog {catalog_after:.1f}s after it died"
     wait_for(pool_serves_everywhere, 90, f"{victim} back in both LBs")

@@ -58,3 +58,54 @@ def test_a_docker_error_reports_what_was_removed_before_it(salt, test_mode):
     ret = state.pruned("images", keep=1)
     assert ret["result"] is False and "docker: busy" in ret["comment"]
     assert ret["changes"] == {"removed": ["cabify-app:2"]}
+
+
+@pytest.fixture
+def registry(salt):
+    """The registry holds version 2 as sha256:new; this host has it as LOCAL."""
+    salt.update(
+        {
+            "cabify_docker.repository": MagicMock(return_value="cabify-app"),
+            "cabify_docker.registry_digest": MagicMock(side_effect=lambda v, _: {"2": "sha256:new"}.get(v)),
+            "cabify_docker.local_digest": MagicMock(return_value="sha256:old"),
+            "cabify_docker.push_image": MagicMock(return_value="sha256:pushed"),
+            "cabify_docker.pull_image": MagicMock(return_value="sha256:image"),
+        }
+    )
+    return salt
+
+
+def test_pushed_pushes_an_image_the_registry_does_not_hold_only_for_real(registry, test_mode):
+    ret = state.pushed("push", version="2", registry="127.0.0.1:5000")
+    assert ret["result"] is (None if test_mode else True)
+    assert ret["changes"]["pushed"] == "127.0.0.1:5000/cabify-app:2"
+    assert registry["cabify_docker.push_image"].call_count == (0 if test_mode else 1)
+
+
+def test_pushed_is_no_change_when_the_registry_holds_this_image(registry, test_mode):
+    registry["cabify_docker.local_digest"].return_value = "sha256:new"
+    ret = state.pushed("push", version="2", registry="127.0.0.1:5000")
+    assert ret["result"] is True and ret["changes"] == {}
+    registry["cabify_docker.push_image"].assert_not_called()
+
+
+def test_pulled_pulls_by_the_registry_digest_only_for_real(registry, test_mode):
+    ret = state.pulled("pull", version="2", registry="10.213.0.1:5000")
+    assert ret["result"] is (None if test_mode else True)
+    assert ret["changes"] == {"pulled": "10.213.0.1:5000/cabify-app@sha256:new", "tag": "cabify-app:2"}
+    if not test_mode:
+        registry["cabify_docker.pull_image"].assert_called_once_with("2", "10.213.0.1:5000", "sha256:new")
+
+
+def test_pulled_is_no_change_when_this_host_has_that_digest(registry, test_mode):
+    registry["cabify_docker.local_digest"].return_value = "sha256:new"
+    ret = state.pulled("pull", version="2", registry="10.213.0.1:5000")
+    assert ret["result"] is True and ret["changes"] == {}
+
+
+def test_a_version_the_registry_lacks_says_how_to_push_it(registry, test_mode):
+    ret = state.pulled("pull", version="3", registry="10.213.0.1:5000")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "registry 10.213.0.1:5000 has no cabify-app:3" in ret["comment"]
+    assert "orch.build" in ret["comment"]
+    registry["cabify_docker.pull_image"].assert_not_called()

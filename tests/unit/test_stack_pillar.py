@@ -129,3 +129,32 @@ def test_unknown_formula_is_an_error():
 
 def test_defaults_path_exists():
     assert pathlib.Path(REPO / "salt" / "haproxy" / "defaults.yaml").is_file()
+
+
+def test_too_few_slots_for_the_fleets_replicas_and_surge_is_named():
+    data = defaults("haproxy")
+    data["backends"] = {"cabify": {**data["backend"], "port": 80, "slots": 6, "replicas": 6, "surge": 1}}
+    found = stack_pillar.problems("haproxy", data)
+    expected = "haproxy:backends:cabify:slots: 6 slots cannot hold the pool's 6 replicas"
+    assert any(p.startswith(expected) for p in found), found
+    data["backends"]["cabify"]["slots"] = 7
+    assert stack_pillar.problems("haproxy", data) == []
+
+
+@pytest.mark.parametrize(
+    ("formula", "path", "value", "expected"),
+    [
+        ("registry", "config:http:addr", "5000", "registry:config:http:addr: must be [address]:port"),
+        ("cabify", "image:registry", "http://10.213.0.1:5000", "cabify:image:registry: must be a registry's"),
+        ("cabify", "publish:address", "node1", "cabify:publish:address: must be"),
+        ("cabify", "build:versions", ["1", "a b"], "cabify:build:versions: must be a list of versions"),
+    ],
+)
+def test_fleet_keys_are_checked(formula, path, value, expected):
+    data = copy.deepcopy(defaults(formula))
+    node = data
+    *parents, last = path.split(":")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    assert any(p.startswith(expected) for p in stack_pillar.problems(formula, data)), expected
