@@ -488,8 +488,20 @@ def remove_image(tag: str) -> str:
     return tag
 
 
-def _manifest_url(registry: str, version: str) -> str:
-    return f"http://{registry}/v2/{repository()}/manifests/{version}"
+def _registry_get(registry: str, path: str, accept: str | None = None, method: str = "GET") -> dict:
+    request = urllib.request.Request(f"http://{registry}/v2/{repository()}/{path}", method=method)
+    if accept:
+        request.add_header("Accept", accept)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the fleet's own registry
+            body = answer.read()
+            return {"headers": answer.headers, "json": json.loads(body) if body.strip() else None}
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return {"headers": err.headers, "json": None, "missing": True}
+        raise CommandExecutionError(f"registry {registry}: {method} {path}: {err}") from err
+    except OSError as err:
+        raise CommandExecutionError(f"registry {registry} does not answer: {err}") from err
 
 
 def registry_digest(version: str, registry: str) -> str | None:
@@ -503,17 +515,57 @@ def registry_digest(version: str, registry: str) -> str | None:
 
         salt-call cabify_docker.registry_digest 2 10.213.0.1:5000
     """
-    request = urllib.request.Request(_manifest_url(registry, str(version)), method="HEAD")  # noqa: S310
-    request.add_header("Accept", ", ".join(MANIFEST_TYPES))
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the fleet's own registry
-            return answer.headers.get("Docker-Content-Digest")
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            return None
-        raise CommandExecutionError(f"registry {registry}: {repository()}:{version}: {err}") from err
-    except OSError as err:
-        raise CommandExecutionError(f"registry {registry} does not answer: {err}") from err
+    found = _registry_get(registry, f"manifests/{version}", ", ".join(MANIFEST_TYPES), method="HEAD")
+    return None if found.get("missing") else found["headers"].get("Docker-Content-Digest")
+
+
+def registry_images(registry: str) -> list[dict]:
+    """
+    The app images REGISTRY holds: tag (the version), version, digest and when each was
+    built (from its image config), in the shape the pruning takes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.registry_images 127.0.0.1:5000
+    """
+    listed = _registry_get(registry, "tags/list")
+    found = []
+    for tag in sorted((listed["json"] or {}).get("tags") or []):
+        manifest = _registry_get(registry, f"manifests/{tag}", MANIFEST_TYPES[0])
+        if manifest.get("missing") or not manifest["json"]:
+            continue
+        config = _registry_get(registry, f"blobs/{manifest['json']['config']['digest']}")["json"] or {}
+        found.append(
+            {
+                "tag": tag,
+                "version": tag,
+                "digest": manifest["headers"].get("Docker-Content-Digest"),
+                "created": config.get("created", ""),
+                "used": False,
+            }
+        )
+    return found
+
+
+def registry_remove(registry: str, version: str) -> str | None:
+    """
+    Delete the app image of VERSION from REGISTRY (its manifest: the tag is gone, its
+    layers are freed by the registry's garbage collection). Returns its digest, or None
+    when the registry had no such tag.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.registry_remove 127.0.0.1:5000 2
+    """
+    digest = registry_digest(version, registry)
+    if digest:
+        _registry_get(registry, f"manifests/{digest}", method="DELETE")
+        log.info("cabify: removed %s:%s (%s) from registry %s", repository(), version, digest, registry)
+    return digest
 
 
 def local_digest(version: str, registry: str) -> str | None:

@@ -162,3 +162,36 @@ def pulled(name: str, version: str, registry: str) -> dict:
         return ret
     ret.update(changes=changes, comment=f"Pulled {tag} from {registry} ({digest})")
     return ret
+
+
+def registry_pruned(name: str, registry: str, keep: int, protect: list[str] | None = None) -> dict:
+    """
+    Old app images leave REGISTRY (``host:port``, the build host's own): only the KEEP
+    newest stay, beside the versions in PROTECT (what the pools run). The registry's
+    layers are freed by its garbage collection (``registry:garbage_collect``).
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        images = __salt__["cabify_docker.registry_images"](registry)
+        prune = __utils__["cabify_plan.images_to_prune"](images, int(keep), {str(v) for v in protect or []})
+        if not prune:
+            ret["comment"] = f"registry {registry}: {len(images)} app image(s), none to prune (keep {keep})"
+            return ret
+        if __opts__["test"]:
+            changes = {"removed": prune}
+            ret.update(
+                result=None, changes=changes, comment=f"Would remove {len(prune)} image(s) from {registry}"
+            )
+            return ret
+        removed = []
+        try:
+            for version in prune:
+                __salt__["cabify_docker.registry_remove"](registry, version)
+                removed.append(version)
+        finally:
+            ret["changes"] = {"removed": removed} if removed else {}
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+        return ret
+    ret["comment"] = f"Removed {len(removed)} old image(s) from {registry}, kept the newest {keep}"
+    return ret

@@ -53,3 +53,23 @@ cabify-build-image-{{ version }}-pushed:
       - cabify_image: cabify-install-image-{{ version }}-built
 {%-   endif %}
 {%- endfor %}
+{%- if cabify.build.push %}
+
+{#- The registry keeps the newest image:keep versions beside those the pools run; the
+    layers of those it drops are freed by its garbage collection (this is its host). #}
+cabify-build-registry-pruned:
+  cabify_image.registry_pruned:
+    - registry: {{ image.push_registry }}
+    - keep: {{ image.keep }}
+    - protect: {{ (versions + cabify.pools.values() | map(attribute="version") | list) | map("string") | unique | list | json }}
+    - require:
+{%-   for version in versions | map("string") | unique | sort %}
+      - cabify_image: cabify-build-image-{{ version }}-pushed
+{%-   endfor %}
+
+cabify-build-registry-garbage-collected:
+  cmd.run:
+    - name: docker-registry garbage-collect /etc/docker/registry/config.yml
+    - onchanges:
+      - cabify_image: cabify-build-registry-pruned
+{%- endif %}

@@ -19,6 +19,7 @@ from tests.fleet.conftest import (
     POOL_TOTAL,
     REGISTRY,
     SERVERS,
+    STACK,
     address,
     consul_api,
     container,
@@ -104,6 +105,14 @@ def test_every_app_host_runs_the_image_the_registry_holds_by_digest(fleet, fleet
     assert digests == dict.fromkeys(APP_HOSTS, pushed), f"pushed {pushed}, app hosts run {digests}"
     ids = fleet_cli.run(APP_HOSTS, "cmd.run", "docker image inspect -f '{{.Id}}' cabify-app:1")
     assert len(set(ids.values())) == 1, f"the image differs between app hosts: {ids}"
+
+
+def test_cabify_status_on_the_master_shows_what_each_app_host_runs(fleet, salt_run_cli):
+    ret = salt_run_cli.run("cabify.status", "cabify")
+    assert ret.returncode == 0, ret.stderr
+    per_host = STACK["cabify"]["pools"]["cabify"]["replicas"]
+    want = {"1": {"running": per_host, "passing": per_host}}
+    assert {h: ret.data["hosts"].get(h) for h in APP_HOSTS} == dict.fromkeys(APP_HOSTS, want), ret.data["hosts"]
 
 
 def leader() -> str:

@@ -3,6 +3,7 @@ on the converged host reports nothing to do."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import docker
@@ -103,3 +104,31 @@ def test_old_app_images_are_pruned_but_never_one_in_use(salt_cli, highstate):
     tags = {tag for image in docker.from_env().images.list(name="cabify-app") for tag in image.tags}
     assert {f"cabify-app:{v}" for v in (running, "1", newer, newest)} <= tags, tags
     assert f"cabify-app:{old}" not in tags and len(tags) <= 2 + 2, tags
+
+
+def registry_tags() -> set[str]:
+    status, body = http("GET", "http://127.0.0.1:5000/v2/cabify-app/tags/list")
+    assert status == 200, f"the registry (role registry) does not list cabify-app: HTTP {status}"
+    return set(json.loads(body)["tags"] or [])
+
+
+def test_the_build_host_pushes_each_version_once_and_the_registry_keeps_the_newest(salt_cli, highstate):
+    """cabify.build with push (what orch.build runs): each version is pushed to the
+    registry on this host, a second run pushes nothing, and the registry keeps the
+    cabify:image:keep newest beside the pools' versions."""
+    versions = [unique_version(f"push{n}-") for n in range(3)]
+
+    def build(version: str) -> dict:
+        pillar = {"cabify": {"build": {"versions": [version], "push": True}, "image": {"keep": 1}}}
+        ret = salt_cli.run("state.apply", "cabify.build", pillar=pillar)
+        assert ret.returncode == 0, ret.stderr
+        return {s["__id__"]: s for s in ret.data.values()}
+
+    for version in versions:
+        states = build(version)
+        assert states[f"cabify-build-image-{version}-pushed"]["changes"]["pushed"].endswith(f":{version}")
+    again = build(versions[-1])
+    assert again[f"cabify-build-image-{versions[-1]}-pushed"]["changes"] == {}, "pushed the same image again"
+    tags = registry_tags()
+    assert {versions[1], versions[2]} <= tags, tags
+    assert versions[0] not in tags, f"{versions[0]} should have been pruned from the registry: {tags}"

@@ -109,3 +109,14 @@ def test_a_version_the_registry_lacks_says_how_to_push_it(registry, test_mode):
     assert "registry 10.213.0.1:5000 has no cabify-app:3" in ret["comment"]
     assert "orch.build" in ret["comment"]
     registry["cabify_docker.pull_image"].assert_not_called()
+
+
+def test_registry_pruned_removes_the_old_versions_from_the_registry_only_for_real(registry, test_mode):
+    registry["cabify_docker.registry_images"] = MagicMock(return_value=[{**i, "used": False} for i in IMAGES])
+    registry["cabify_docker.registry_remove"] = MagicMock(side_effect=lambda r, v: f"sha256:{v}")
+    for image in registry["cabify_docker.registry_images"].return_value:
+        image["tag"] = image["version"]
+    ret = state.registry_pruned("registry", registry="127.0.0.1:5000", keep=1, protect=["1"])
+    assert ret["changes"] == {"removed": ["2", "3"]}
+    assert ret["result"] is (None if test_mode else True)
+    assert registry["cabify_docker.registry_remove"].call_count == (0 if test_mode else 2)
