@@ -112,7 +112,8 @@ def test_cabify_status_on_the_master_shows_what_each_app_host_runs(fleet, salt_r
     assert ret.returncode == 0, ret.stderr
     per_host = STACK["cabify"]["pools"]["cabify"]["replicas"]
     want = {"1": {"running": per_host, "passing": per_host}}
-    assert {h: ret.data["hosts"].get(h) for h in APP_HOSTS} == dict.fromkeys(APP_HOSTS, want), ret.data["hosts"]
+    shown = {h: ret.data["hosts"].get(h) for h in APP_HOSTS}
+    assert shown == dict.fromkeys(APP_HOSTS, want), ret.data["hosts"]
 
 
 def leader() -> str:
