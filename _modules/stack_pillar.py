@@ -110,6 +110,8 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "config": ("mapping", True),
         "config:http:addr": ("listen_address", True),
         "config:storage:filesystem:rootdirectory": ("abs_path", True),
+        "service:user": ("str", True),
+        "service:init_script": ("bool", True),
     },
     "haproxy": {
         "pkg": ("str", True),

@@ -79,34 +79,47 @@ def built(
     return ret
 
 
-def pruned(name: str, keep: int, protect: list[str] | None = None) -> dict:
-    """
-    Old app images are removed: only the KEEP newest stay, beside every image a
-    container uses and the versions in PROTECT (what the pools are asked to run).
-    """
+def _prune(name: str, where: str, list_images, remove, keep: int, protect: list[str] | None) -> dict:
+    """Remove the images of LIST_IMAGES() that images_to_prune names, with REMOVE(tag);
+    WHERE says where, in the comments."""
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        images = __salt__["cabify_docker.app_images"]()
+        images = list_images()
         prune = __utils__["cabify_plan.images_to_prune"](images, int(keep), {str(v) for v in protect or []})
         if not prune:
-            ret["comment"] = f"{len(images)} app image(s), none to prune (keep {keep})"
+            ret["comment"] = f"{where}: {len(images)} app image(s), none to prune (keep {keep})"
             return ret
         if __opts__["test"]:
-            ret.update(
-                result=None, changes={"removed": prune}, comment=f"Would remove {len(prune)} old image(s)"
-            )
+            comment = f"{where}: would remove {len(prune)} old image(s)"
+            ret.update(result=None, changes={"removed": prune}, comment=comment)
             return ret
         removed = []
         try:
             for tag in prune:
-                removed.append(__salt__["cabify_docker.remove_image"](tag))
+                remove(tag)
+                removed.append(tag)
         finally:
             ret["changes"] = {"removed": removed} if removed else {}
     except CommandExecutionError as err:
         ret.update(result=False, comment=str(err))
         return ret
-    ret["comment"] = f"Removed {len(removed)} old image(s), kept the newest {keep}"
+    ret["comment"] = f"{where}: removed {len(removed)} old image(s), kept the newest {keep}"
     return ret
+
+
+def pruned(name: str, keep: int, protect: list[str] | None = None) -> dict:
+    """
+    Old app images are removed: only the KEEP newest stay, beside every image a
+    container uses and the versions in PROTECT (what the pools are asked to run).
+    """
+    return _prune(
+        name,
+        "this host",
+        __salt__["cabify_docker.app_images"],
+        __salt__["cabify_docker.remove_image"],
+        keep,
+        protect,
+    )
 
 
 def pushed(name: str, version: str, registry: str) -> dict:
@@ -167,31 +180,14 @@ def pulled(name: str, version: str, registry: str) -> dict:
 def registry_pruned(name: str, registry: str, keep: int, protect: list[str] | None = None) -> dict:
     """
     Old app images leave REGISTRY (``host:port``, the build host's own): only the KEEP
-    newest stay, beside the versions in PROTECT (what the pools run). The registry's
-    layers are freed by its garbage collection (``registry:garbage_collect``).
+    newest stay, beside the versions in PROTECT (what the pools run). The layers they
+    leave are freed by the registry's garbage collection (salt/cabify/build.sls runs it).
     """
-    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    try:
-        images = __salt__["cabify_docker.registry_images"](registry)
-        prune = __utils__["cabify_plan.images_to_prune"](images, int(keep), {str(v) for v in protect or []})
-        if not prune:
-            ret["comment"] = f"registry {registry}: {len(images)} app image(s), none to prune (keep {keep})"
-            return ret
-        if __opts__["test"]:
-            changes = {"removed": prune}
-            ret.update(
-                result=None, changes=changes, comment=f"Would remove {len(prune)} image(s) from {registry}"
-            )
-            return ret
-        removed = []
-        try:
-            for version in prune:
-                __salt__["cabify_docker.registry_remove"](registry, version)
-                removed.append(version)
-        finally:
-            ret["changes"] = {"removed": removed} if removed else {}
-    except CommandExecutionError as err:
-        ret.update(result=False, comment=str(err))
-        return ret
-    ret["comment"] = f"Removed {len(removed)} old image(s) from {registry}, kept the newest {keep}"
-    return ret
+    return _prune(
+        name,
+        f"registry {registry}",
+        lambda: __salt__["cabify_docker.registry_images"](registry),
+        lambda version: __salt__["cabify_docker.registry_remove"](registry, version),
+        keep,
+        protect,
+    )

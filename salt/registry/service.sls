@@ -12,6 +12,9 @@ registry-service-running:
       - sls: {{ tplroot }}.config
     - watch:
       - file: registry-config-file-managed
+{%- if registry.service.init_script %}
+      - file: registry-config-init-script-managed
+{%- endif %}
 
 {#- Answers before anything pushes to it. #}
 registry-service-answering:

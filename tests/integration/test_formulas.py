@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import CONSUL, STATS, changed_states, failed_states, http, wait_for
 from tests.integration.conftest import ensure_pool, unique_version
 
-FORMULAS = ["common", "docker", "consul", "haproxy", "cabify"]
+FORMULAS = ["common", "docker", "consul", "haproxy", "registry", "cabify"]
 BASE_IMAGE = "cabify-base:bookworm"
 
 
@@ -33,6 +33,10 @@ def _cron_running() -> bool:
     return subprocess.run(["pgrep", "-x", "cron"], capture_output=True, check=False).returncode == 0
 
 
+def _registry_answers() -> bool:
+    return http("GET", "http://127.0.0.1:5000/v2/")[0] == 200
+
+
 def _app_served() -> bool:
     return http("GET", "http://127.0.0.1:80/")[0] == 200
 
@@ -43,6 +47,7 @@ SERVICE_UP = {
     "docker": _docker_answers,
     "consul": _consul_has_leader,
     "haproxy": _haproxy_stats_answer,
+    "registry": _registry_answers,
 }
 
 
@@ -124,10 +129,15 @@ def test_the_build_host_pushes_each_version_once_and_the_registry_keeps_the_newe
         assert ret.returncode == 0, ret.stderr
         return {s["__id__"]: s for s in ret.data.values()}
 
-    for version in versions:
-        states = build(version)
-        assert states[f"cabify-build-image-{version}-pushed"]["changes"]["pushed"].endswith(f":{version}")
-    again = build(versions[-1])
+    try:
+        for version in versions:
+            states = build(version)
+            assert states[f"cabify-build-image-{version}-pushed"]["changes"]["pushed"].endswith(f":{version}")
+        again = build(versions[-1])
+    finally:
+        # The images built here are not the host's: the next apply would prune them.
+        for version in versions:
+            salt_cli.run("cabify_docker.remove_image", f"cabify-app:{version}")
     assert again[f"cabify-build-image-{versions[-1]}-pushed"]["changes"] == {}, "pushed the same image again"
     tags = registry_tags()
     assert {versions[1], versions[2]} <= tags, tags
