@@ -3,6 +3,9 @@
 
 include:
   - {{ tplroot }}.install
+  {#- Registrations need the Consul cluster's leader: in a fleet converged all at once,
+      an app host's pools wait for the servers' quorum instead of failing. #}
+  - consul.leader
 
 {%- for name, pool in cabify.pools | dictsort %}
 
@@ -20,4 +23,5 @@ cabify-service-pool-{{ name }}-converged:
     - canary: {{ pool.canary | json }}
     - require:
       - cabify_image: cabify-install-image-{{ pool.version }}-built
+      - stack_http: consul-leader-elected
 {%- endfor %}

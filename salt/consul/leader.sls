@@ -1,6 +1,7 @@
 {#- The cluster has a leader, as this host's agent sees it: what a registration or a
-    KV write needs. Not part of a highstate (the first server of a cluster must not
-    fail while the others start); orch.fleet applies it once every agent runs. -#}
+    KV write needs. Not part of the consul formula (the first server of a cluster must
+    not fail while the others start): orch.fleet applies it once every agent runs, and
+    the cabify formula waits on it before its pools register. -#}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as consul with context %}
 

@@ -16,12 +16,11 @@ registry-service-running:
       - file: registry-config-init-script-managed
 {%- endif %}
 
-{#- Answers before anything pushes to it. #}
+{#- The init script returns once the registry runs; trust its API. #}
 registry-service-answering:
-  http.wait_for_successful_query:
+  stack_http.answering:
     - name: http://127.0.0.1:{{ registry.config.http.addr.rsplit(":", 1)[1] }}/v2/
-    - status: 200
-    - wait_for: 30
-    - request_interval: 0.5
-    - onchanges:
+    - match: "{}"
+    - timeout: 30
+    - require:
       - service: registry-service-running
