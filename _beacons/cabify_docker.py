@@ -129,12 +129,15 @@ def _docker_events(memory: dict, pools: list[str] | None) -> list[dict]:
 
 
 def _drift(pool: str, replicas: list[dict], registered: dict, memory: dict) -> list[dict]:
-    """Running replicas missing from Consul, this pool's registrations with no running
-    replica, and replicas that died and were not replaced."""
-    live = {r["name"] for r in replicas if r["status"] == "running"}
+    """Running replicas missing from Consul (or registered at another address or port),
+    this pool's registrations with no running replica, and replicas that died and were
+    not replaced."""
+    live = {r["name"]: (r["address"], r["port"]) for r in replicas if r["status"] == "running"}
     dead = tuple(sorted(r["name"] for r in replicas if r["status"] in ("exited", "dead") and r["exit_code"]))
-    ours = {sid for sid, reg in registered.items() if reg["pool"] == pool}
-    drift = (tuple(sorted(live - ours)), tuple(sorted(ours - live)), dead)
+    ours = {sid: (reg["address"], reg["port"]) for sid, reg in registered.items() if reg["pool"] == pool}
+    # Registered where it no longer listens (a restarted replica got another host port).
+    unregistered = tuple(sorted(n for n in live if ours.get(n) != live[n]))
+    drift = (unregistered, tuple(sorted(set(ours) - set(live))), dead)
     before, passes = memory["drift"].get(pool, (None, 0))
     passes = passes + 1 if drift == before else 0
     memory["drift"][pool] = (drift, passes)

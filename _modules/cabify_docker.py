@@ -496,6 +496,8 @@ def _registry_get(registry: str, path: str, accept: str | None = None, method: s
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the fleet's own registry
             body = answer.read()
             return {"headers": answer.headers, "json": json.loads(body) if body.strip() else None}
+    except ValueError as err:
+        raise CommandExecutionError(f"registry {registry}: {method} {path}: not JSON: {err}") from err
     except urllib.error.HTTPError as err:
         if err.code == 404:
             return {"headers": err.headers, "json": None, "missing": True}
@@ -536,7 +538,10 @@ def registry_images(registry: str) -> list[dict]:
         manifest = _registry_get(registry, f"manifests/{tag}", MANIFEST_TYPES[0])
         if manifest.get("missing") or not manifest["json"]:
             continue
-        config = _registry_get(registry, f"blobs/{manifest['json']['config']['digest']}")["json"] or {}
+        config_digest = (manifest["json"].get("config") or {}).get("digest")
+        if not config_digest:  # not an image manifest (an index): not one of ours
+            continue
+        config = _registry_get(registry, f"blobs/{config_digest}")["json"] or {}
         found.append(
             {
                 "tag": tag,
@@ -568,26 +573,25 @@ def registry_remove(registry: str, version: str) -> str | None:
     return digest
 
 
-def local_digest(version: str, registry: str) -> str | None:
+def local_digests(version: str, registry: str) -> list[str]:
     """
-    The digest that the local app image of VERSION has in REGISTRY (it was pushed there
-    or pulled from there), or None.
+    The digests that the local app image of VERSION has in REGISTRY (it was pushed
+    there or pulled from there), or [] when there is no such image.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call cabify_docker.local_digest 2 10.213.0.1:5000
+        salt-call cabify_docker.local_digests 2 10.213.0.1:5000
     """
     try:
         image = _client().images.get(f"{repository()}:{version}")
     except docker.errors.ImageNotFound:
-        return None
+        return []
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"docker: {err}") from err
     prefix = f"{registry}/{repository()}@"
-    digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if d.startswith(prefix)]
-    return digests[0] if digests else None
+    return [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests") or [] if d.startswith(prefix)]
 
 
 def push_image(version: str, registry: str) -> str:
@@ -612,7 +616,7 @@ def push_image(version: str, registry: str) -> str:
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"pushing {remote}:{version}: {err}") from err
     # The tag `<registry>/<repository>:<version>` stays: it holds the digest the
-    # registry gave (local_digest), and goes with `<repository>:<version>` (remove_image).
+    # registry gave (local_digests), and goes with `<repository>:<version>` (remove_image).
     if not digest:
         raise CommandExecutionError(f"pushing {remote}:{version}: the registry gave no digest")
     log.info("cabify: pushed %s:%s as %s", remote, version, digest)

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -502,19 +503,27 @@ def _answers_health(replica: dict, timeout: float = HEALTH_PROBE_TIMEOUT) -> boo
 
 
 def _wait_quiet(replica: dict, quiet: float, timeout: float) -> bool:
-    """Wait until REPLICA has served no request for QUIET seconds (its /status), or is
-    gone; True if it did within TIMEOUT seconds."""
+    """Wait until REPLICA has served no request for QUIET seconds since it was
+    deregistered (its /status), or refuses connections (it is gone); True if it did
+    within TIMEOUT seconds."""
     url = f"http://{replica['address']}:{replica['port']}/status"
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while True:
         try:
             with urllib.request.urlopen(url, timeout=0.5) as answer:
                 status = json.load(answer)
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, ConnectionRefusedError):
+                return True
+            status = {}
         except (OSError, ValueError):
+            status = {}
+        waited = time.monotonic() - started
+        # A request before the deregistration says nothing of the LBs since.
+        idle = min(float(status.get("idle_for", 0)), waited)
+        if idle >= quiet:
             return True
-        if status.get("idle_for", quiet if not status.get("in_flight") else 0) >= quiet:
-            return True
-        if time.monotonic() >= deadline:
+        if waited >= timeout:
             return False
         time.sleep(0.1)
 

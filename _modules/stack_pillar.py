@@ -434,7 +434,7 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
             if port in seen and _is_int(port):
                 found.append(f"haproxy:backends:{name}:port: {port} is taken by {seen[port]}")
             seen.setdefault(port, f"haproxy:backends:{name}:port")
-            found.extend(_slot_problems(name, backend))
+            found.extend(_slot_problems(name, _merged(data.get("backend") or {}, backend)))
     return found
 
 
@@ -444,6 +444,11 @@ def _slot_problems(name: str, backend: Any) -> list[str]:
     if not isinstance(backend, dict):
         return []
     slots, replicas, surge = (backend.get(k) for k in ("slots", "replicas", "surge"))
+    if slots is None:
+        return [
+            f"haproxy:backends:{name}:slots: is empty and cannot be derived: set it, or "
+            f"haproxy:backends:{name}:replicas (the pool's replicas on every app host)"
+        ]
     if not (_is_int(slots) and _is_int(replicas) and _is_int(surge)) or slots >= replicas + surge:
         return []
     return [

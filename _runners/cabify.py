@@ -13,8 +13,10 @@ promote or abort of a running canary.
 Consul is reached at ``cabify_consul_host``/``cabify_consul_port`` of the master's
 configuration (default 127.0.0.1:8500), with ``cabify_consul_token`` when ACLs are on.
 What runs on each app host (``cabify_app_target``, default ``G@roles:app``) is asked of
-the hosts themselves, through Salt: a fleet's Consul need not be reachable from the
-master.
+the hosts themselves, through Salt (``hosts``); everything else comes from the Consul
+the master reaches. On this machine with ``make fleet`` that is the all-in-one host's
+own Consul, not the fleet's: a release controller on the master that reads the fleet's
+Consul is the next step.
 """
 
 from __future__ import annotations

@@ -122,6 +122,18 @@ def pruned(name: str, keep: int, protect: list[str] | None = None) -> dict:
     )
 
 
+def _remote_digest(version: str, registry: str) -> tuple[str | None, bool]:
+    """The registry's digest of VERSION, and whether the registry answered: under
+    test=True one that does not answer yet (a dry run before the registry's own states
+    ran) holds nothing; for real it is an error."""
+    try:
+        return __salt__["cabify_docker.registry_digest"](version, registry), True
+    except CommandExecutionError:
+        if not __opts__["test"]:
+            raise
+        return None, False
+
+
 def pushed(name: str, version: str, registry: str) -> dict:
     """
     REGISTRY (``host:port``) holds this host's app image of VERSION under its tag: it is
@@ -130,8 +142,8 @@ def pushed(name: str, version: str, registry: str) -> dict:
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     reference = f"{registry}/{__salt__['cabify_docker.repository']()}:{version}"
     try:
-        remote = __salt__["cabify_docker.registry_digest"](version, registry)
-        if remote and remote == __salt__["cabify_docker.local_digest"](version, registry):
+        remote, _ = _remote_digest(version, registry)
+        if remote and remote in __salt__["cabify_docker.local_digests"](version, registry):
             ret["comment"] = f"{reference} is this host's image ({remote})"
             return ret
         if __opts__["test"]:
@@ -156,13 +168,16 @@ def pulled(name: str, version: str, registry: str) -> dict:
     repository = __salt__["cabify_docker.repository"]()
     tag = f"{repository}:{version}"
     try:
-        digest = __salt__["cabify_docker.registry_digest"](version, registry)
+        digest, answered = _remote_digest(version, registry)
+        if not answered:
+            ret.update(result=None, comment=f"Would pull {tag} from {registry} (it does not answer yet)")
+            return ret
         if digest is None:
             raise CommandExecutionError(
                 f"registry {registry} has no {tag}: build and push it first "
                 f'(salt-run state.orchestrate orch.build pillar=\'{{"build": {{"version": "{version}"}} }}\')'
             )
-        if __salt__["cabify_docker.local_digest"](version, registry) == digest:
+        if digest in __salt__["cabify_docker.local_digests"](version, registry):
             ret["comment"] = f"{tag} is {registry}'s {digest}"
             return ret
         changes = {"pulled": f"{registry}/{repository}@{digest}", "tag": tag}

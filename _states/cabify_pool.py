@@ -116,14 +116,17 @@ def _scale(
     todo = __salt__["cabify_pool.plan"](name, pool["version"], pool["replicas"], whole_env, pool["resources"])
     missing: dict[str, list[str]] = {}
     if not todo["start"] and not todo["remove"]:
-        live = {r["name"] for r in __salt__["cabify_pool.running"](name)}
+        live = {r["name"]: (r["address"], r["port"]) for r in __salt__["cabify_pool.running"](name)}
         registered = {
-            sid for sid, reg in __salt__["cabify_consul.registrations"](name).items() if reg["pool"] == name
+            sid: (reg["address"], reg["port"])
+            for sid, reg in __salt__["cabify_consul.registrations"](name).items()
+            if reg["pool"] == name
         }
+        # A replica registered where it no longer listens (Docker gave a restarted
+        # replica another host port) is registered again.
+        stale = sorted(n for n in live if n not in registered or registered[n] != live[n])
         missing = {
-            k: v
-            for k, v in (("register", sorted(live - registered)), ("deregister", sorted(registered - live)))
-            if v
+            k: v for k, v in (("register", stale), ("deregister", sorted(set(registered) - set(live)))) if v
         }
         if not missing:
             if ret["changes"]:

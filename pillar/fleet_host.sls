@@ -9,7 +9,8 @@
       from the registry on the machine (the network's gateway), which their dockerd
       reaches over plain HTTP.
     - LB hosts: each pool's stable slots derived from its replicas on every app host
-      plus a release's surge. -#}
+      plus a release's surge (max_parallel new replicas on each app host at once, the
+      most a release run host by host, or all at once, adds). -#}
 {%- import_yaml "fleet.sls" as fleet %}
 {%- import_yaml "stack.sls" as stack %}
 {%- set hosts = fleet.fleet.hosts %}
@@ -54,6 +55,7 @@ haproxy:
 {%-   for name, pool in stack.cabify.pools | dictsort %}
     {{ name }}:
       replicas: {{ (pool.replicas | default(3)) * (apps | length) }}
+      surge: {{ ((pool.release | default({})).max_parallel | default(1)) * (apps | length) }}
       slots: null
 {%-   endfor %}
 {%- endif %}

@@ -53,10 +53,12 @@ cabify-build-image-{{ version }}-pushed:
       - cabify_image: cabify-install-image-{{ version }}-built
 {%-   endif %}
 {%- endfor %}
-{%- if cabify.build.push %}
+{%- if cabify.build.push and versions %}
 
-{#- The registry keeps the newest image:keep versions beside those the pools run; the
-    layers of those it drops are freed by its garbage collection (this is its host). #}
+{#- The registry keeps the newest image:keep versions beside those this pillar's pools
+    run; the layers of those it drops are freed by its garbage collection (this is its
+    host; the registry keeps no blob cache, so a version pushed again after its layers
+    were collected is uploaded whole). #}
 cabify-build-registry-pruned:
   cabify_image.registry_pruned:
     - registry: {{ image.push_registry }}
@@ -69,7 +71,7 @@ cabify-build-registry-pruned:
 
 cabify-build-registry-garbage-collected:
   cmd.run:
-    - name: docker-registry garbage-collect /etc/docker/registry/config.yml
+    - name: docker-registry garbage-collect {{ salt["pillar.get"]("registry:config_file", "/etc/docker/registry/config.yml") }}
     - onchanges:
       - cabify_image: cabify-build-registry-pruned
 {%- endif %}

@@ -28,7 +28,9 @@ cabify-install-images-pruned:
   cabify_image.pruned:
     - keep: {{ image.keep }}
     - protect: {{ versions | list | json }}
+{%- if versions %}
     - require:
-{%- for version in versions %}
+{%-   for version in versions %}
       - cabify_image: cabify-install-image-{{ version }}-built
-{%- endfor %}
+{%-   endfor %}
+{%- endif %}

@@ -189,18 +189,21 @@ def fleet(salt_master, highstate, fleet_cli):
         )
         assert proc.returncode == 0, f"fleet.sh {action}: {proc.stdout[-1000:]} {proc.stderr[-2000:]}"
 
+    keep = os.environ.get("CABIFY_KEEP_FLEET") == "1"
     started = time.monotonic()
     fleet_sh("down")
-    fleet_sh("up")
-    hosts_up = time.monotonic() - started
-    run = salt_master.salt_run_cli(timeout=1200)
-    ret = run.run("state.orchestrate", "orch.fleet")
-    assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
-    seconds = time.monotonic() - started
-    FIGURES.update({"hosts started": hosts_up, "converged from nothing": seconds})
-    wait_for(
-        pool_serves_everywhere, 60, f"both LBs with {POOL_TOTAL} replicas of cabify UP on every app host"
-    )
+    try:
+        fleet_sh("up")
+        hosts_up = time.monotonic() - started
+        ret = salt_master.salt_run_cli(timeout=1200).run("state.orchestrate", "orch.fleet")
+        assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
+        seconds = time.monotonic() - started
+        FIGURES.update({"hosts started": hosts_up, "converged from nothing": seconds})
+        wait_for(pool_serves_everywhere, 60, f"both LBs: {POOL_TOTAL} replicas UP on every app host")
+    except BaseException:
+        if not keep:
+            fleet_sh("down")
+        raise
     yield {"orch": ret.data, "seconds": seconds}
-    if os.environ.get("CABIFY_KEEP_FLEET") != "1":
+    if not keep:
         fleet_sh("down")

@@ -33,6 +33,9 @@ from tests.load import LoadClient
 
 # What the issue asks of every check: 8 keep-alive connections with a 5 s timeout.
 LOAD = {"port": 80, "workers": 8, "timeout": 5, "max_seconds": 600}
+# A request caught on a host that died waits HAProxy's `timeout server` (3 s) before it
+# is retried elsewhere: a client may wait that long, never its own 5 s.
+MAX_IDLE = 4.5
 
 
 @contextlib.contextmanager
@@ -45,7 +48,9 @@ def load_through(*lbs: str):
             stack.enter_context(client)
         yield clients
     for client in clients:
-        client.assert_served(min_rate=5, max_idle=5)
+        client.assert_served(min_rate=20, max_idle=MAX_IDLE)
+        strays = [i for i in client.result.instances if not i.startswith("cabify-")]
+        assert not strays, f"requests for pool cabify were answered by {strays}"
 
 
 def served_more(clients: list[LoadClient], count: int = 50) -> None:
@@ -65,16 +70,28 @@ def replicas_by_host(fleet_cli) -> dict[str, str]:
     return {r["name"]: host for host, replicas in found.items() for r in replicas}
 
 
-def test_the_fleet_converges_from_nothing_and_a_second_highstate_changes_nothing(fleet, fleet_cli):
-    orch = fleet["orch"]
-    steps = next(iter(orch["data"].values()))
+def orch_steps(ret) -> dict:
+    """orch.fleet's steps (ID -> result) from a salt-run return."""
+    assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
+    return next(iter(ret.data["data"].values()))
+
+
+def test_the_fleet_converges_from_nothing_and_again_changes_nothing(fleet, salt_master):
+    """orch.fleet from nothing (the fixture), then again, as `make fleet` does: every
+    host's highstate, the build host's push and the Consul steps change nothing."""
+    steps = orch_steps(fleet["orch"])
     assert all(step["result"] for step in steps.values()), {k: s["comment"] for k, s in steps.items()}
     with load_through(LB_HOSTS[0]):
         started = time.monotonic()
-        failed, changed = state_results(fleet_cli.run(list(APP_HOSTS + LB_HOSTS), "state.apply"))
-        FIGURES["second highstate"] = time.monotonic() - started
-    assert not failed, f"the second highstate failed: {failed}"
-    assert not changed, f"the second highstate changed: {changed}"
+        again = orch_steps(salt_master.salt_run_cli(timeout=1200).run("state.orchestrate", "orch.fleet"))
+        FIGURES["orch.fleet again"] = time.monotonic() - started
+    assert all(step["result"] for step in again.values()), {k: s["comment"] for k, s in again.items()}
+    changed = {
+        step_id: {host: sorted(k for k, v in got.items() if v.get("changes")) for host, got in ret.items()}
+        for step_id, step in again.items()
+        if (ret := (step.get("changes") or {}).get("ret"))
+    }
+    assert not changed, f"orch.fleet again changed: {changed}"
 
 
 def test_requests_through_each_lb_reach_replicas_on_every_app_host(fleet, fleet_cli):
@@ -84,7 +101,7 @@ def test_requests_through_each_lb_reach_replicas_on_every_app_host(fleet, fleet_
         client = LoadClient(host=address(lb), max_requests=300, **LOAD)
         with client:
             wait_for(lambda client=client: client.requests_so_far() >= 300, 60, f"300 requests through {lb}")
-        client.assert_served(min_rate=5, max_idle=5)
+        client.assert_served(min_rate=20, max_idle=MAX_IDLE)
         hosts = Counter(where.get(instance, "?") for instance in client.result.instances.elements())
         assert set(hosts) == set(APP_HOSTS), f"requests through {lb} reached {dict(hosts)}"
 
@@ -101,10 +118,10 @@ def test_every_app_host_runs_the_image_the_registry_holds_by_digest(fleet, fleet
     )
     with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
         pushed = answer.headers["Docker-Content-Digest"]
-    digests = fleet_cli.run(APP_HOSTS, "cabify_docker.local_digest", version, REGISTRY)
-    assert digests == dict.fromkeys(APP_HOSTS, pushed), f"pushed {pushed}, app hosts run {digests}"
+    digests = fleet_cli.run(APP_HOSTS, "cabify_docker.local_digests", version, REGISTRY)
+    assert digests == {host: [pushed] for host in APP_HOSTS}, f"pushed {pushed}, app hosts run {digests}"
     ids = fleet_cli.run(APP_HOSTS, "cmd.run", "docker image inspect -f '{{.Id}}' cabify-app:1")
-    assert len(set(ids.values())) == 1, f"the image differs between app hosts: {ids}"
+    assert len(set(ids.values())) == 1 and next(iter(ids.values())).startswith("sha256:"), ids
 
 
 def test_cabify_status_on_the_master_shows_what_each_app_host_runs(fleet, salt_run_cli):
@@ -164,7 +181,7 @@ def test_a_dockerd_restart_with_live_restore_keeps_the_replicas_serving(fleet, f
     with load_through(*LB_HOSTS) as clients:
         served_more(clients)
         host_run(host, "/etc/init.d/docker", "restart", timeout=120)
-        wait_for(lambda: host_run(host, "docker", "version", check=False), 60, f"{host}'s dockerd answering")
+        wait_for(lambda: host_run(host, "docker", "info", "-f", "{{.ID}}", check=False).strip(), 60, host)
         served_more(clients)
     after = host_run(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=cabify.pool").split()
     assert sorted(after) == sorted(before), "the replicas were not the same containers after the restart"

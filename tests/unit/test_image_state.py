@@ -67,7 +67,7 @@ def registry(salt):
         {
             "cabify_docker.repository": MagicMock(return_value="cabify-app"),
             "cabify_docker.registry_digest": MagicMock(side_effect=lambda v, _: {"2": "sha256:new"}.get(v)),
-            "cabify_docker.local_digest": MagicMock(return_value="sha256:old"),
+            "cabify_docker.local_digests": MagicMock(return_value=["sha256:old"]),
             "cabify_docker.push_image": MagicMock(return_value="sha256:pushed"),
             "cabify_docker.pull_image": MagicMock(return_value="sha256:image"),
         }
@@ -83,7 +83,7 @@ def test_pushed_pushes_an_image_the_registry_does_not_hold_only_for_real(registr
 
 
 def test_pushed_is_no_change_when_the_registry_holds_this_image(registry, test_mode):
-    registry["cabify_docker.local_digest"].return_value = "sha256:new"
+    registry["cabify_docker.local_digests"].return_value = ["sha256:other", "sha256:new"]
     ret = state.pushed("push", version="2", registry="127.0.0.1:5000")
     assert ret["result"] is True and ret["changes"] == {}
     registry["cabify_docker.push_image"].assert_not_called()
@@ -98,7 +98,7 @@ def test_pulled_pulls_by_the_registry_digest_only_for_real(registry, test_mode):
 
 
 def test_pulled_is_no_change_when_this_host_has_that_digest(registry, test_mode):
-    registry["cabify_docker.local_digest"].return_value = "sha256:new"
+    registry["cabify_docker.local_digests"].return_value = ["sha256:other", "sha256:new"]
     ret = state.pulled("pull", version="2", registry="10.213.0.1:5000")
     assert ret["result"] is True and ret["changes"] == {}
 
@@ -120,3 +120,14 @@ def test_registry_pruned_removes_the_old_versions_from_the_registry_only_for_rea
     assert ret["changes"] == {"removed": ["2", "3"]}
     assert ret["result"] is (None if test_mode else True)
     assert registry["cabify_docker.registry_remove"].call_count == (0 if test_mode else 2)
+
+
+def test_a_registry_that_does_not_answer_yet_is_a_would_push_under_test_only(registry, test_mode):
+    registry["cabify_docker.registry_digest"].side_effect = CommandExecutionError("registry does not answer")
+    pushed = state.pushed("push", version="2", registry="127.0.0.1:5000")
+    pulled = state.pulled("pull", version="2", registry="10.213.0.1:5000")
+    if test_mode:
+        assert pushed["result"] is None and pulled["result"] is None, (pushed, pulled)
+    else:
+        assert pushed["result"] is False and pulled["result"] is False
+        assert "does not answer" in pulled["comment"]

@@ -24,6 +24,8 @@ def replica(name: str, version: str = "1", role: str = "stable") -> dict:
         "role": role,
         "status": "running",
         "spec": plan.spec_hash(version, ENV),
+        "address": "10.213.0.11",
+        "port": 32768 + ord(name[-1]),
     }
 
 
@@ -33,7 +35,8 @@ class Host:
     def __init__(self, replicas: list[dict], registered: list[str] | None = None):
         self.replicas = replicas
         names = [r["name"] for r in replicas] if registered is None else registered
-        self.registered = {n: {"pool": "cabify", "status": "passing"} for n in names}
+        where = {r["name"]: {"address": r["address"], "port": r["port"]} for r in replicas}
+        self.registered = {n: {"pool": "cabify", "status": "passing", **where.get(n, {})} for n in names}
         self.salt = {
             "cabify_pool.replica_env": lambda env, drain: {
                 **(env or {}),
@@ -110,6 +113,16 @@ def test_a_missing_registration_is_a_change(host, test_mode):
             "remove": [],
             "register": ["cabify-1-a"],
         }
+    else:
+        host.salt["cabify_pool.converge"].assert_called_once()
+
+
+def test_a_registration_at_a_port_the_replica_left_is_a_change(host, test_mode):
+    """A replica that restarted got another host port from Docker: registered again."""
+    host.registered["cabify-1-b"]["port"] = 40000
+    ret = converged()
+    if test_mode:
+        assert ret["result"] is None and ret["changes"]["register"] == ["cabify-1-b"]
     else:
         host.salt["cabify_pool.converge"].assert_called_once()
 

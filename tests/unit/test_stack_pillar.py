@@ -139,6 +139,11 @@ def test_too_few_slots_for_the_fleets_replicas_and_surge_is_named():
     assert any(p.startswith(expected) for p in found), found
     data["backends"]["cabify"]["slots"] = 7
     assert stack_pillar.problems("haproxy", data) == []
+    data["backends"]["cabify"].update(slots=None, replicas=0)
+    assert stack_pillar.problems("haproxy", data) == [
+        "haproxy:backends:cabify:slots: is empty and cannot be derived: set it, or "
+        "haproxy:backends:cabify:replicas (the pool's replicas on every app host)"
+    ]
 
 
 @pytest.mark.parametrize(
