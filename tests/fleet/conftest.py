@@ -204,6 +204,6 @@ def fleet(salt_master, highstate, fleet_cli):
         if not keep:
             fleet_sh("down")
         raise
-    yield {"orch": ret.data, "seconds": seconds}
+    yield {"orch": ret, "seconds": seconds}
     if not keep:
         fleet_sh("down")
