@@ -4,7 +4,8 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as cabify with context %}
 {%- set image = cabify.image %}
-{%- set versions = cabify.build.versions or cabify.pools.values() | map(attribute="version") | list %}
+{%- set running = cabify.pools.values() | map(attribute="version") | map("string") | list %}
+{%- set versions = (cabify.build.versions | map("string") | list or running) | unique | sort | list %}
 
 include:
   - {{ tplroot }}.valid
@@ -27,7 +28,7 @@ cabify-install-sources-managed:
     - require:
       - stack_pillar: {{ tplroot }}-pillar-valid
 
-{%- for version in versions | map("string") | unique | sort %}
+{%- for version in versions %}
 
 cabify-install-image-{{ version }}-built:
   cabify_image.built:
@@ -63,9 +64,9 @@ cabify-build-registry-pruned:
   cabify_image.registry_pruned:
     - registry: {{ image.push_registry }}
     - keep: {{ image.keep }}
-    - protect: {{ (versions + cabify.pools.values() | map(attribute="version") | list) | map("string") | unique | list | json }}
+    - protect: {{ (versions + running) | unique | list | json }}
     - require:
-{%-   for version in versions | map("string") | unique | sort %}
+{%-   for version in versions %}
       - cabify_image: cabify-build-image-{{ version }}-pushed
 {%-   endfor %}
 

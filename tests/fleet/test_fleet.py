@@ -25,6 +25,7 @@ from tests.fleet.conftest import (
     consul_api,
     container,
     host_run,
+    in_rotation,
     out_of_rotation,
     pool_serves_everywhere,
     state_results,
@@ -65,6 +66,16 @@ def served_more(clients: list[LoadClient], count: int = 50) -> None:
     )
 
 
+def requests_through(lb: str, count: int):
+    """COUNT requests through LB by 8 keep-alive clients, checked like any load; their
+    result (instances answering, by name)."""
+    client = LoadClient(host=address(lb), max_requests=count, **LOAD)
+    with client:
+        wait_for(lambda: client.requests_so_far() >= count, 60, f"{count} requests through {lb}")
+    client.assert_served(min_rate=20, max_idle=MAX_IDLE)
+    return client.result
+
+
 def replicas_by_host(fleet_cli) -> dict[str, str]:
     """Each running replica of cabify (container name) -> the app host it runs on."""
     found = fleet_cli.run(APP_HOSTS, "cabify_docker.replicas", "cabify", all=False)
@@ -99,11 +110,8 @@ def test_requests_through_each_lb_reach_replicas_on_every_app_host(fleet, fleet_
     where = replicas_by_host(fleet_cli)
     assert len(where) == POOL_TOTAL, where
     for lb in LB_HOSTS:
-        client = LoadClient(host=address(lb), max_requests=300, **LOAD)
-        with client:
-            wait_for(lambda client=client: client.requests_so_far() >= 300, 60, f"300 requests through {lb}")
-        client.assert_served(min_rate=20, max_idle=MAX_IDLE)
-        hosts = Counter(where.get(instance, "?") for instance in client.result.instances.elements())
+        result = requests_through(lb, 300)
+        hosts = Counter(where.get(instance, "?") for instance in result.instances.elements())
         assert set(hosts) == set(APP_HOSTS), f"requests through {lb} reached {dict(hosts)}"
 
 
@@ -123,6 +131,29 @@ def test_every_app_host_runs_the_image_the_registry_holds_by_digest(fleet, fleet
     assert digests == {host: [pushed] for host in APP_HOSTS}, f"pushed {pushed}, app hosts run {digests}"
     ids = fleet_cli.run(APP_HOSTS, "cmd.run", "docker image inspect -f '{{.Id}}' cabify-app:1")
     assert len(set(ids.values())) == 1 and next(iter(ids.values())).startswith("sha256:"), ids
+
+
+def test_a_canary_gets_the_same_share_through_either_lb(fleet, fleet_cli):
+    """Both LBs weigh servers by the same SRV records: one canary beside the pool's
+    replicas, all at weight 1, gets 1 request in POOL_TOTAL + 1 through each LB."""
+    host = APP_HOSTS[0]
+    canary = fleet_cli.run(host, "cabify_pool.start", "cabify", "1", role="canary")[host]
+    assert isinstance(canary, dict) and canary.get("name"), f"no canary started on {host}: {canary}"
+    try:
+        where = f"{canary['address']}:{canary['port']}"
+        wait_for(
+            lambda: all(where in in_rotation(lb) for lb in LB_HOSTS), 30, f"the canary {where} UP in both LBs"
+        )
+        expected = 1 / (POOL_TOTAL + 1)
+        for lb in LB_HOSTS:
+            result = requests_through(lb, 1000)
+            share = result.instances[canary["name"]] / result.requests
+            assert abs(share - expected) <= 0.02, f"{lb}: the canary got {share:.1%}, not {expected:.1%}"
+    finally:
+        with load_through(*LB_HOSTS) as clients:
+            removed = fleet_cli.run(host, "cabify_pool.remove_role", "cabify", "canary")[host]
+            served_more(clients)
+    assert removed == [canary["name"]], f"removing the canary on {host}: {removed}"
 
 
 def test_cabify_status_on_the_master_shows_what_each_app_host_runs(fleet, salt_run_cli):
