@@ -160,6 +160,92 @@ def wait_idle(backend: str, address: str, port: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
+def drain_servers(backend: str, addresses: list[str]) -> dict[str, str]:
+    """
+    Stop sending new requests to each server of BACKEND that ADDRESSES
+    (``address:port``) fill; the slot each one fills, by address (an address that no
+    server has is left out).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.drain_servers cabify '[10.213.0.11:32768]'
+    """
+    found = servers(backend)
+    slots = {address: found[address]["name"] for address in addresses if address in found}
+    for slot in slots.values():
+        set_state(backend, slot, "drain")
+    return slots
+
+
+def wait_slots_idle(backend: str, slots: list[str] | dict, timeout: float) -> dict:
+    """
+    Wait until each server slot of BACKEND in SLOTS has no session (SLOTS may be a
+    mapping of LB host to its slots: this host's are taken), for up to TIMEOUT seconds.
+    Returns ``idle`` (all of them reached 0), ``busy`` (the sessions left, by slot),
+    ``waited`` (seconds) and ``at_start`` (each slot's state, address and sessions when
+    the wait began).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.wait_slots_idle cabify '[stable3]' 10
+    """
+    if isinstance(slots, dict):
+        slots = slots.get(__grains__.get("id"), [])
+    wanted = set(slots)
+    started = time.monotonic()
+    first = None
+    while True:
+        rows = [row for row in _rows(backend) if row["svname"] in wanted]
+        busy = {row["svname"]: int(row.get("scur") or 0) for row in rows if int(row.get("scur") or 0)}
+        if first is None:
+            first = {
+                row["svname"]: f"{row.get('status')} {row.get('addr') or '-'} {row.get('scur')}"
+                for row in rows
+            }
+        waited = round(time.monotonic() - started, 2)
+        if not busy or waited >= timeout:
+            return {"idle": not busy, "busy": busy, "waited": waited, "at_start": first}
+        time.sleep(0.05)
+
+
+def agreement(backend: str, expected: dict[str, int | None]) -> list[str]:
+    """
+    How BACKEND's servers differ from EXPECTED, what Consul says must serve (``address:port``
+    to weight; None: any weight): expected servers missing or not UP, servers UP that
+    are not expected, wrong weights. Empty when they agree. A slot that a drain left
+    behind and that DNS gave an expected server is put back to ready on the way.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.agreement cabify '{"10.213.0.11:32768": 1}'
+    """
+    found = servers(backend)
+    problems = []
+    for address, weight in sorted(expected.items()):
+        server = found.get(address)
+        if server is None:
+            hint = f" (the slots hold {len(found)} servers for {len(expected)}: none free?)"
+            problems.append(f"{address} missing" + (hint if len(found) >= len(expected) else ""))
+            continue
+        if server["state"].startswith("DRAIN"):
+            set_state(backend, server["name"], "ready")
+            server = {**server, "up": True}
+        if not server["up"]:
+            problems.append(f"{address} {server['state']}")
+        elif weight is not None and server["weight"] != int(weight):
+            problems.append(f"{address} weight {server['weight']}, not {weight}")
+    for address, server in sorted(found.items()):
+        if address not in expected and server["up"]:
+            problems.append(f"{address} UP but not passing in Consul")
+    return problems
+
+
 # Admin state bits of `show servers state`: forced maintenance and forced drain, what
 # the runtime API sets (resolution or configuration set the others).
 _FORCED_MAINT = 0x01

@@ -36,6 +36,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import salt.utils.dictupdate
+import salt.utils.yaml
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -469,6 +471,9 @@ def start(
         salt-call cabify_pool.start cabify 2 role=canary
     """
     check_fence(fence)
+    wrong = __utils__["cabify_failpoints.hit"]("pool.start")
+    if wrong:
+        env = {**(env or {}), **wrong}
     replica = _docker("start_replica", pool, version, role, env, resources, network or pool)
     try:
         register(pool, replica["name"], passing=_answers_health(replica))
@@ -655,6 +660,83 @@ def plan(
     """
     wanted = __utils__["cabify_plan.spec_hash"](version, env, resources)
     return __utils__["cabify_plan.plan"](_docker("replicas", pool), wanted, replicas, role)
+
+
+def settings(pool: str) -> dict:
+    """
+    POOL's settings on this host as the cabify formula merges them: the formula's
+    defaults (``cabify:pool`` of defaults.yaml), then pillar ``cabify:pool``, then
+    ``cabify:pools:<pool>``. What the fleet's release controller starts from.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.settings cabify
+    """
+    defaults = salt.utils.yaml.safe_load(__salt__["cp.get_file_str"]("salt://cabify/defaults.yaml") or "{}")
+    pillar = __salt__["pillar.get"]("cabify", {}, unmask=True) or {}
+    if pool not in (pillar.get("pools") or {}):
+        raise CommandExecutionError(f"pool {pool} is not in this host's pillar (cabify:pools:{pool})")
+    merged = salt.utils.dictupdate.merge(
+        salt.utils.dictupdate.merge(defaults.get("pool") or {}, pillar.get("pool") or {}),
+        pillar["pools"][pool] or {},
+    )
+    merged["network"] = merged.get("network") or pool
+    merged["name"] = pool
+    return merged
+
+
+def release_plan(pool: str, version: str, release: dict | None = None, env: dict | None = None) -> dict:
+    """
+    This host's part of a fleet release of POOL to VERSION (RELEASE settings and ENV
+    override the pool's): the spec the new replicas get, the replicas to keep, how
+    many to start, the running old ones to drain and the stopped ones to clear, and the
+    merged settings. Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.release_plan cabify 2
+    """
+    merged = settings(pool)
+    merged["release"] = {**(merged.get("release") or {}), **(release or {})}
+    if env is not None:
+        merged["env"] = env
+    full_env = replica_env(merged.get("env"), merged["drain_timeout"])
+    spec = __utils__["cabify_plan.spec_hash"](str(version), full_env, merged.get("resources"))
+    current = _docker("replicas", pool)
+    steps = __utils__["cabify_plan.rolling_plan"](current, spec, int(merged["replicas"]), 1)
+    return {
+        "host": __grains__.get("id"),
+        "spec": spec,
+        "env": full_env,
+        "settings": merged,
+        "keep": steps["keep"],
+        "start": sum(batch["start"] for batch in steps["batches"]),
+        "old": [name for batch in steps["batches"] for name in batch["drain"]],
+        "remove_stopped": steps["remove_stopped"],
+        "versions": sorted({r["version"] for r in current if r["status"] == "running"}),
+    }
+
+
+def deregister(pool: str, names: list[str], fence: dict | None = None) -> list[str]:
+    """
+    Take POOL's replicas NAMES out of Consul (the LBs' DNS drops them); the names that
+    were registered. A fleet release drains them on every LB first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.deregister cabify '[cabify-1-a1b2c3]'
+    """
+    check_fence(fence)
+    registered = _consul("registrations", pool)
+    for name in names:
+        _consul("deregister", name)
+    return [name for name in names if name in registered]
 
 
 def converge(

@@ -13,8 +13,9 @@ reboot). It maps a failpoint name to what happens there:
 Actions: ``docker-error`` raises ``docker.errors.APIError``, ``consul-error`` raises
 ``consul.ConsulException``, ``error`` raises ``CommandExecutionError``, ``exit`` ends the
 process at once (a crash: nothing after it runs, no cleanup), ``sleep`` waits
-``seconds``. ``times`` counts down and the failpoint is gone at 0; without it, the
-failpoint fires every time.
+``seconds``, ``env`` gives the caller ``env`` (a mapping) to add to what it starts (at
+``pool.start``: a replica built wrong on this host only). ``times`` counts down and the
+failpoint is gone at 0; without it, the failpoint fires every time.
 """
 
 from __future__ import annotations
@@ -53,16 +54,19 @@ def _take(name: str) -> dict | None:
         return point
 
 
-def hit(name: str) -> None:
-    """Fire failpoint NAME if a test armed it; nothing otherwise."""
+def hit(name: str) -> dict | None:
+    """Fire failpoint NAME if a test armed it; nothing otherwise. An ``env`` action
+    returns its mapping to the caller."""
     point = _take(name)
     if point is None:
-        return
+        return None
     action = point.get("action", "error")
     log.warning("cabify failpoint %s: %s", name, action)
+    if action == "env":
+        return dict(point.get("env") or {})
     if action == "sleep":
         time.sleep(float(point.get("seconds", 1)))
-        return
+        return None
     if action == "exit":
         os._exit(int(point.get("code", 137)))
     message = f"injected failure at failpoint {name}"

@@ -10,6 +10,7 @@ asked anything.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from typing import Any
@@ -82,6 +83,32 @@ def rolling_plan(current: list[dict], wanted_spec: str, replicas: int, max_paral
         "remove_stopped": [n for n in todo["remove"] if n not in running],
         "batches": batches(todo["start"], old, max_parallel),
     }
+
+
+def fleet_batches(hosts: dict[str, dict], max_parallel: int, host_by_host: bool = False) -> list[list[dict]]:
+    """The batches of a fleet release: each host's part (``{"start": n, "old": [names]}``,
+    see ``cabify_pool.release_plan``) cut into units of one new replica and one old one
+    (``{"host", "start": 0|1, "drain": [name]}``), MAX_PARALLEL units a batch counted
+    fleet-wide. Units go round the hosts in turn (one host's replicas never all leave
+    at once), or host after host with HOST_BY_HOST; units that only drain (a host with
+    more replicas than asked) come first."""
+    units: dict[str, list[dict]] = {}
+    for host, part in sorted(hosts.items()):
+        old = list(part.get("old") or [])
+        count = max(int(part.get("start") or 0), len(old))
+        units[host] = [
+            {"host": host, "start": int(i < int(part.get("start") or 0)), "drain": old[i : i + 1]}
+            for i in range(count)
+        ]
+    if host_by_host:
+        order = [unit for host in units for unit in units[host]]
+    else:
+        order = [unit for row in itertools.zip_longest(*units.values()) for unit in row if unit]
+    # A host with more replicas than asked gives its surplus back first: the LBs'
+    # slots (replicas plus surge) then hold the replicas the release starts.
+    order = [u for u in order if not u["start"]] + [u for u in order if u["start"]]
+    size = max(1, int(max_parallel))
+    return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 def clone_spec(attrs: dict[str, Any], labels: dict[str, str]) -> dict:

@@ -125,3 +125,47 @@ def test_a_failed_node_is_reaped_once_it_has_been_failed_long_enough():
 def test_a_node_that_came_back_is_forgotten():
     seen, reap = plan.nodes_to_reap(set(), {"node3": 100.0}, now=200.0, after=30)
     assert seen == {} and reap == []
+
+
+FLEET = {
+    "node1": {"start": 2, "old": ["a1", "a2"]},
+    "node2": {"start": 2, "old": ["b1", "b2"]},
+    "node3": {"start": 0, "old": []},
+}
+
+
+def units(batches):
+    return [[(u["host"], u["start"], u["drain"]) for u in batch] for batch in batches]
+
+
+def test_fleet_batches_go_round_the_hosts_max_parallel_at_a_time():
+    assert units(plan.fleet_batches(FLEET, 1)) == [
+        [("node1", 1, ["a1"])],
+        [("node2", 1, ["b1"])],
+        [("node1", 1, ["a2"])],
+        [("node2", 1, ["b2"])],
+    ]
+    assert units(plan.fleet_batches(FLEET, 3)) == [
+        [("node1", 1, ["a1"]), ("node2", 1, ["b1"]), ("node1", 1, ["a2"])],
+        [("node2", 1, ["b2"])],
+    ]
+
+
+def test_fleet_batches_host_by_host_finish_one_host_first():
+    assert units(plan.fleet_batches(FLEET, 2, host_by_host=True)) == [
+        [("node1", 1, ["a1"]), ("node1", 1, ["a2"])],
+        [("node2", 1, ["b1"]), ("node2", 1, ["b2"])],
+    ]
+
+
+def test_fleet_batches_scale_a_host_up_or_down():
+    grows = {"node1": {"start": 3, "old": ["a1"]}, "node2": {"start": 0, "old": ["b1", "b2"]}}
+    # The surplus goes first, so that the LBs' slots hold what starts next.
+    assert units(plan.fleet_batches(grows, 1)) == [
+        [("node2", 0, ["b1"])],
+        [("node2", 0, ["b2"])],
+        [("node1", 1, ["a1"])],
+        [("node1", 1, [])],
+        [("node1", 1, [])],
+    ]
+    assert plan.fleet_batches({"node1": {"start": 0, "old": []}}, 1) == []
