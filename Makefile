@@ -68,10 +68,13 @@ lock:
 # then orch.fleet converges them (again: no change).
 fleet: up
 	VENV=$(VENV) scripts/fleet.sh up
+	VENV=$(VENV) scripts/salt-daemons.sh
+	VENV=$(VENV) scripts/fleet.sh answering
 	$(VENV)/bin/salt-run --state-output=changes --state-verbose=False state.orchestrate orch.fleet
 
 fleet-down:
 	VENV=$(VENV) scripts/fleet.sh down
+	VENV=$(VENV) scripts/salt-daemons.sh
 
 clean-daemons:
 	VENV=$(VENV) scripts/salt-daemons.sh stop

@@ -158,6 +158,8 @@ MEMBER_RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "release:auto_revert": ("bool", True),
         "release:lock_ttl": ("lock_ttl", True),
         "release:timeout": ("positive_int", True),
+        "release:host_by_host": ("bool", True),
+        "release:webhooks": ("list_of_str", True),
         "canary:replicas": ("positive_int", True),
         "canary:steps": ("canary_steps", True),
         "canary:analysis:max_error_rate": ("fraction", True),

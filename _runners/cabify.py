@@ -9,14 +9,13 @@ promote or abort of a running canary.
     salt-run cabify.history cabify limit=5 --out=json
     salt-run cabify.promote                    # the running canary (name the pool if several run)
     salt-run cabify.abort shop
+    salt-run cabify.release cabify 2           # a fleet release, by the controller
 
-Consul is reached at ``cabify_consul_host``/``cabify_consul_port`` of the master's
-configuration (default 127.0.0.1:8500), with ``cabify_consul_token`` when ACLs are on.
-What runs on each app host (``cabify_app_target``, default ``G@roles:app``) is asked of
-the hosts themselves, through Salt (``hosts``); everything else comes from the Consul
-the master reaches. On this machine with ``make fleet`` that is the all-in-one host's
-own Consul, not the fleet's: a release controller on the master that reads the fleet's
-Consul is the next step.
+Consul and the hosts are found as the release controller finds them (the master's
+``cabify_controller`` configuration, see ``_runners/cabify_controller.py``: Consul at
+127.0.0.1:8500 by default, app hosts ``G@roles:app``). What runs on each app host is
+asked of the hosts themselves, through Salt (``hosts``); everything else comes from
+that Consul.
 """
 
 from __future__ import annotations
@@ -46,12 +45,8 @@ def _kv(func: str, *args) -> Any:
 
 
 def _client():
-    return _kv(
-        "client",
-        __opts__.get("cabify_consul_host", "127.0.0.1"),
-        __opts__.get("cabify_consul_port", 8500),
-        __opts__.get("cabify_consul_token"),
-    )
+    """The fleet's Consul, as the release controller reaches it (``cabify_controller``)."""
+    return __salt__["cabify_controller.consul_client"]()
 
 
 def _get(client, key: str) -> Any:
@@ -113,7 +108,7 @@ def hosts(pool: str | None = None, timeout: int = 10) -> dict[str, Any]:
         salt-run cabify.hosts --out=json
         salt-run cabify.hosts shop
     """
-    target = __opts__.get("cabify_app_target", "G@roles:app")
+    target = __salt__["cabify_controller.config"]()["app_target"]
     client = salt.client.get_local_client(__opts__["conf_file"])
     try:
         expected = client.gather_minions(target, "compound")
@@ -127,12 +122,43 @@ def hosts(pool: str | None = None, timeout: int = 10) -> dict[str, Any]:
     return dict(sorted(found.items()))
 
 
+def lbs(pool: str, timeout: int = 10) -> dict[str, Any]:
+    """
+    Each LB's live figures of POOL (``cabify_lb.figures``: requests, errors, error
+    rate and p50/p99 by role, the canary's share), asked of the LBs through Salt. An
+    LB that does not answer within TIMEOUT seconds says so.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.lbs cabify --out=json
+    """
+    target = __salt__["cabify_controller.config"]()["lb_target"]
+    client = salt.client.get_local_client(__opts__["conf_file"])
+    try:
+        expected = client.gather_minions(target, "compound")
+        answers = client.cmd(target, "cabify_lb.figures", [pool], tgt_type="compound", timeout=timeout)
+    finally:
+        client.destroy()
+    found: dict[str, Any] = {host: "no answer" for host in expected}
+    for host, figures in answers.items():
+        found[host] = (
+            {k: figures[k] for k in ("stable", "canary", "share") if k in figures}
+            if isinstance(figures, dict)
+            else figures
+        )
+    return dict(sorted(found.items()))
+
+
 def status(pool: str | None = None) -> dict:
     """
-    POOL now (every pool without it): the running release (lock holder) if any, the
-    last release, the instances registered in Consul by version and health, what each
-    app host runs (``hosts``: by version, running and passing), the canary's live state
-    and the weights in force.
+    POOL now (every pool without it): the running release (lock holder) if any, its
+    journal (``phase``, ``batch`` of ``of``: ``paused`` while paused), the last release,
+    what the controller last released (the pool's version in pillar), the instances
+    registered in Consul by version and health, what each app host runs (``hosts``: by
+    version, running and passing), each LB's live figures (``lbs``), the canary's live
+    state and the weights in force.
 
     CLI Example:
 
@@ -170,33 +196,79 @@ def _status(client, pool: str, per_host: dict) -> dict:
         },
         "canary": _get(client, _kv("canary_state", pool)),
         "weights": _get(client, _kv("weights", pool)),
+        "journal": _get(client, _kv("journal", pool)),
+        "released": _get(client, _kv("released", pool)),
+        "lbs": lbs(pool),
     }
 
 
 def _command(pool: str | None, command: str) -> dict:
+    """Send COMMAND to the release of POOL (the only one running, without POOL) that
+    can take it: a controller's release takes pause, resume and abort; a canary run
+    host by host takes promote and abort."""
     client = _client()
-    canaries = {
+
+    def takes(holder: dict) -> bool:
+        if holder.get("controller"):
+            return command in ("pause", "resume", "abort")
+        return holder.get("strategy") == "canary" and command in ("promote", "abort")
+
+    running = {
         name: holder
         for name in ([pool] if pool else _pools(client))
-        if (holder := _holder(client, name)) and holder.get("strategy") == "canary"
+        if (holder := _holder(client, name)) and takes(holder)
     }
-    if not canaries:
+    if not running:
         where = f"pool {pool}" if pool else "any pool"
-        return {"pool": pool, "result": False, "comment": f"no canary release of {where} is running"}
-    if len(canaries) > 1:
+        kind = "canary release" if command == "promote" else "release that takes " + command
+        return {"pool": pool, "result": False, "comment": f"no {kind} of {where} is running"}
+    if len(running) > 1:
         return {
             "pool": None,
             "result": False,
-            "comment": f"canaries of several pools run ({', '.join(sorted(canaries))}): name the pool",
+            "comment": f"releases of several pools run ({', '.join(sorted(running))}): name the pool",
         }
-    ((name, holder),) = canaries.items()
-    client.kv.put(_kv("canary_command", name), _kv("encode", command))
+    ((name, holder),) = running.items()
+    if holder.get("controller"):
+        value = {"command": command, "release": holder.get("id"), "by": __opts__.get("user")}
+        client.kv.put(_kv("command", name), _kv("encode", value))
+    else:
+        client.kv.put(_kv("canary_command", name), _kv("encode", command))
     return {
         "pool": name,
         "result": True,
         "release": holder.get("id"),
         "comment": f"{command} sent to {holder.get('id')}",
     }
+
+
+def pause(pool: str | None = None) -> dict:
+    """
+    Pause the release of POOL that the controller runs (the only one running, without
+    POOL) before its next batch: it keeps its lock, the pool serves as it is, until
+    ``cabify.resume`` (or ``cabify.abort``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.pause
+        salt-run cabify.pause shop
+    """
+    return _command(pool, "pause")
+
+
+def resume(pool: str | None = None) -> dict:
+    """
+    Resume the paused release of POOL (the only one running, without POOL).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.resume
+    """
+    return _command(pool, "resume")
 
 
 def promote(pool: str | None = None) -> dict:
@@ -218,7 +290,7 @@ def abort(pool: str | None = None) -> dict:
     """
     Abort the running canary of POOL (the only one running, without POOL) now: its
     share goes to nothing, its replicas are drained and removed; the stable replicas
-    keep serving.
+    keep serving. A controller's release stops before its next batch and reverts.
 
     CLI Example:
 
@@ -228,3 +300,39 @@ def abort(pool: str | None = None) -> dict:
         salt-run cabify.abort shop
     """
     return _command(pool, "abort")
+
+
+def release(
+    pool: str,
+    version: str,
+    strategy: str = "rolling",
+    settings: dict | None = None,
+    env: dict | None = None,
+    trigger: str | None = None,
+) -> dict:
+    """
+    Release VERSION of POOL across the fleet now, by the release controller on the
+    master (see ``_runners/cabify_controller.py``): STRATEGY ``rolling``; SETTINGS
+    override the pool's release settings, ENV the replicas' environment; TRIGGER is the
+    KV key whose change asked for it (one release per change, however many minions saw
+    it). Returns the release's record; fails (and reverts) naming the step and host
+    that failed. What a release sets stays: it is the app hosts' version in pillar.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.release cabify 2
+        salt-run cabify.release cabify 2 settings='{max_parallel: 2, host_by_host: true}'
+    """
+    if strategy != "rolling":
+        __context__["retcode"] = 1
+        return {
+            "pool": pool,
+            "result": "failed",
+            "reason": f"strategy {strategy!r}: the fleet controller does rolling releases (a canary runs "
+            "host by host through orch.canary)",
+        }
+    return __salt__["cabify_controller.rolling"](
+        pool, str(version), settings=settings, env=env, trigger=trigger
+    )

@@ -43,6 +43,22 @@ def canary_command(pool: str) -> str:
     return f"{PREFIX}/canary/{pool}/command"
 
 
+def journal(pool: str) -> str:
+    return f"{PREFIX}/journal/{pool}"
+
+
+def trigger(pool: str) -> str:
+    return f"{PREFIX}/triggers/{pool}"
+
+
+def command(pool: str) -> str:
+    return f"{PREFIX}/commands/{pool}"
+
+
+def released(pool: str | None = None) -> str:
+    return f"{PREFIX}/released/" + (pool or "")
+
+
 def desired(pool: str | None = None) -> str:
     return f"{PREFIX}/desired/" + (pool or "")
 
@@ -81,3 +97,36 @@ def client(host: str = "127.0.0.1", port: int = 8500, token: str | None = None):
     import consul  # noqa: PLC0415 - only the callers that talk to Consul need it
 
     return consul.Consul(host=host, port=int(port), token=token or None)
+
+
+def controller_config(opts: dict) -> dict:
+    """Where the master's release controller finds the fleet (master configuration
+    ``cabify_controller``): Consul's hosts (tried in turn), port and token, and the
+    compound targets of the app hosts and of the LBs."""
+    conf = opts.get("cabify_controller") or {}
+    reach = conf.get("consul") or {}
+    return {
+        "consul_hosts": list(reach.get("hosts") or ["127.0.0.1"]),
+        "consul_port": int(reach.get("port") or 8500),
+        "consul_token": reach.get("token"),
+        "app_target": conf.get("app_target") or "G@roles:app",
+        "lb_target": conf.get("lb_target") or "G@roles:lb",
+    }
+
+
+def fleet_client(opts: dict):
+    """A client of the first Consul of the master's ``cabify_controller:consul:hosts``
+    that answers with a leader; raises naming what each one said."""
+    from salt.exceptions import CommandExecutionError  # noqa: PLC0415
+
+    conf = controller_config(opts)
+    problems = []
+    for host in conf["consul_hosts"]:
+        reached = client(host, conf["consul_port"], conf["consul_token"])
+        try:
+            if reached.status.leader():
+                return reached
+            problems.append(f"{host}: no leader")
+        except Exception as err:  # noqa: BLE001 - the next one is tried
+            problems.append(f"{host}: {err}")
+    raise CommandExecutionError(f"no Consul of the fleet answers with a leader: {'; '.join(problems)}")

@@ -28,6 +28,11 @@ consul:
     server: {{ server | json }}
     bootstrap_expect: {{ (servers | length if server else none) | json }}
     bind_addr: {{ me.address }}
+{%- if server %}
+    {#- The master's release controller reaches the servers' HTTP API on the fleet's
+        network (issue 15 closes it with ACLs); agents keep loopback for their host. #}
+    client_addr: "127.0.0.1 {{ me.address }}"
+{%- endif %}
     retry_join: {{ servers | json }}
 {%- if server %}
 schedule:

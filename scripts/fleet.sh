@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The fleet on this machine: Docker containers as hosts (pillar/fleet.sls), each with
 # its own salt-minion, minions of the salt-master of `make up`.
-#   scripts/fleet.sh up      build the host image once, start the hosts, accept their keys
-#   scripts/fleet.sh down    remove the hosts, their volumes, keys and network
+#   scripts/fleet.sh up      build the host image once, start the hosts, accept their keys,
+#                            point the master's release controller at them
+#                            (master.d/cabify-fleet.conf: read by every salt-run at once,
+#                            by the master daemon's reactor once it restarts)
+#   scripts/fleet.sh down    remove the hosts, their volumes, keys, network and that file
+#   scripts/fleet.sh answering   wait until every host answers (after a master restart)
 # A host is started with the capability set that works on machines where --privileged
 # is refused (../ENVIRONMENT.md "Container hosts"); app hosts get a volume for
 # /var/lib/docker, where their own dockerd runs overlay2.
@@ -70,6 +74,15 @@ host() {  # host NAME: started, unless it runs
     --label cabify.fleet=host "$IMAGE" >/dev/null
 }
 
+answering() {  # every host answers test.ping (within 120 s)
+  local deadline=$((SECONDS + 120)) answers
+  until answers=$(salt_cmd -L "${HOSTS// /,}" --out=txt test.ping 2>/dev/null | grep -c True)
+        [ "$answers" -eq "$(wc -w <<<"$HOSTS")" ]; do
+    [ $SECONDS -lt $deadline ] || { say "not every host answers test.ping" >&2; exit 1; }
+    sleep 1
+  done
+}
+
 accept() {  # the hosts' keys, by name, once each has asked; then each answers
   local deadline=$((SECONDS + 120)) name
   for name in $HOSTS; do
@@ -81,16 +94,24 @@ accept() {  # the hosts' keys, by name, once each has asked; then each answers
       sleep 0.5
     done
   done
-  local answers
-  until answers=$(salt_cmd -L "${HOSTS// /,}" --out=txt test.ping 2>/dev/null | grep -c True)
-        [ "$answers" -eq "$(wc -w <<<"$HOSTS")" ]; do
-    [ $SECONDS -lt $deadline ] || { say "not every host answers test.ping" >&2; exit 1; }
-    sleep 1
-  done
+  answering
   # The formulas call this project's modules while they render: a new minion has them
   # before its first state run.
   salt_cmd -L "${HOSTS// /,}" saltutil.sync_all >/dev/null 2>&1
   say "hosts up: $HOSTS"
+}
+
+CONTROLLER_CONF=$SALT_CONFIG_DIR/master.d/cabify-fleet.conf
+controller() {  # the master's release controller drives the fleet: its Consul servers and hosts
+  mkdir -p "$(dirname "$CONTROLLER_CONF")"
+  {
+    echo "# Written by scripts/fleet.sh up, removed by down: the release controller drives the fleet."
+    echo "cabify_controller:"
+    echo "  consul:"
+    echo "    hosts: $(fleet "[h['address'] for n, h in sorted(f['hosts'].items()) if 'consul-server' in h['roles']]")"
+    echo "  app_target: L@$(fleet "','.join(n for n, h in sorted(f['hosts'].items()) if 'app' in h['roles'])")"
+    echo "  lb_target: L@$(fleet "','.join(n for n, h in sorted(f['hosts'].items()) if 'lb' in h['roles'])")"
+  } >"$CONTROLLER_CONF"
 }
 
 down() {
@@ -101,11 +122,13 @@ down() {
     salt_key -y -d "$name" >/dev/null 2>&1 || true
   done
   docker network rm "$NETWORK" >/dev/null 2>&1 || true
+  rm -f "$CONTROLLER_CONF"
   say "removed"
 }
 
 case "${1:-}" in
-  up) image; network; for name in $HOSTS; do host "$name"; done; accept ;;
+  up) image; network; for name in $HOSTS; do host "$name"; done; accept; controller ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  answering) answering ;;
+  *) echo "usage: $0 up|down|answering" >&2; exit 2 ;;
 esac

@@ -36,6 +36,13 @@ render() {  # render TEMPLATE DEST; prints "changed" when DEST changed
     mkdir -p "$(dirname "$2")"; mv "$tmp" "$2"; chmod 644 "$2"; echo changed; fi
 }
 master_changed=$(render "$REPO/conf/master.yaml" /etc/salt/master.d/cabify.conf)
+# The release controller's view of a fleet (master.d/cabify-fleet.conf, written and
+# removed by scripts/fleet.sh) is read by the master's reactor once it restarts.
+fleet_conf=/etc/salt/master.d/cabify-fleet.conf fleet_seen=/run/cabify-fleet-conf.seen
+if ! cmp -s <(cat "$fleet_conf" 2>/dev/null) <(cat "$fleet_seen" 2>/dev/null); then
+  master_changed+=changed
+  cat "$fleet_conf" 2>/dev/null >"$fleet_seen" || true
+fi
 minion_changed=$(render "$REPO/conf/minion.yaml" /etc/salt/minion.d/cabify.conf)
 # Without systemd as PID 1 but with systemctl installed, Salt would pick its systemd
 # service module in "offline" mode, where service states do nothing: use init.d.
