@@ -80,6 +80,13 @@ def converged(
         wanted = __utils__["cabify_plan.spec_hash"](pool["version"], whole_env, pool["resources"])
         running = __salt__["cabify_pool.running"](name)
         if pool["replicas"] > 0 and any(r["spec"] != wanted for r in running if r["role"] == "stable"):
+            unreadable = __salt__["pillar.get"]("cabify:released_unreadable", None, unmask=True)
+            if unreadable:
+                raise CommandExecutionError(
+                    f"it runs {sorted({r['version'] for r in running})}, and the version the fleet's "
+                    f"last release set cannot be read ({unreadable}): nothing changed; apply again once "
+                    "Consul answers"
+                )
             settings = {**pool, **{k: release[k] for k in RELEASE_KEYS if k in release}}
             if release["strategy"] == "canary":
                 return _canary(ret, name, settings, canary or {}, notes)

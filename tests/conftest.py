@@ -18,7 +18,7 @@ import salt.client
 import salt.config
 import yaml
 
-from tests.helpers import pool_settled, wait_for
+from tests.helpers import forget_releases, pool_settled, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def highstate(salt_call_cli):
     former run left at another version goes back to the pillar's in one batch)."""
     ret = salt_call_cli.run("saltutil.sync_all")
     assert ret.returncode == 0, ret.stderr
+    forget_releases()  # a former run's release must not be this one's pillar
     quick = {"cabify": {"pool": {"release": {"max_parallel": 3, "min_healthy_time": 0}}}}
     ret = salt_call_cli.run("state.apply", pillar=quick)
     failed = {k: v["comment"] for k, v in (ret.data or {}).items() if not v["result"]}

@@ -59,6 +59,14 @@ def consul(method: str, path: str, body: Any = None) -> Any:
     return json.loads(raw) if raw.strip() else None
 
 
+def forget_releases() -> None:
+    """Delete what the release controller released (Consul KV cabify/released/): the
+    pools go back to the pillar files' versions at the next highstate. Nothing when
+    Consul does not answer (a fresh host before its first highstate)."""
+    with contextlib.suppress(OSError):
+        http("DELETE", f"{CONSUL}/v1/kv/cabify/released/?recurse=true")
+
+
 def kv_get(key: str) -> Any:
     """A KV value as this project writes them (JSON), or None."""
     status, raw = http("GET", f"{CONSUL}/v1/kv/{key}?raw=true")

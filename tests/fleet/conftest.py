@@ -6,6 +6,7 @@ Run on its own with ``pytest -m fleet``; ``pytest -m "not fleet"`` leaves it out
 
 from __future__ import annotations
 
+import base64
 import copy
 import csv
 import io
@@ -16,6 +17,8 @@ import pathlib
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -116,6 +119,32 @@ def consul_api(host: str, path: str) -> Any:
     return json.loads(host_run(host, "python3", "-c", code, timeout=10))
 
 
+def fleet_consul(path: str, method: str = "GET", body: Any = None) -> Any:
+    """PATH of the fleet's Consul HTTP API (a server's, on the fleet network, where the
+    master reaches it too): the JSON answer, or None for a 404 or an empty one."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{address(SERVERS[0])}:8500{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the fleet's network
+            raw = answer.read()
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
+    return json.loads(raw) if raw.strip() else None
+
+
+def fleet_kv(key: str) -> Any:
+    """A KV value of the fleet's Consul, as this project writes them (JSON), or None."""
+    return fleet_consul(f"/v1/kv/{key}?raw=true")
+
+
+def fleet_history(pool: str = "cabify") -> list[dict]:
+    """The pool's release records in the fleet's Consul."""
+    entries = fleet_consul(f"/v1/kv/cabify/history/{pool}/?recurse=true") or []
+    return [json.loads(base64.b64decode(e["Value"])) for e in entries if e.get("Value")]
+
+
 class FleetCli:
     """`salt -L HOSTS FUN ARGS...` on the test master, for the fleet's hosts."""
 
@@ -194,6 +223,11 @@ def fleet(salt_master, highstate, fleet_cli):
     fleet_sh("down")
     try:
         fleet_sh("up")
+        # fleet.sh pointed the release controller at the fleet (master.d): the master's
+        # reactor reads that once it restarts, as `make fleet` restarts make up's.
+        salt_master.terminate()
+        salt_master.start()
+        fleet_sh("answering")
         hosts_up = time.monotonic() - started
         ret = salt_master.salt_run_cli(timeout=1200).run("state.orchestrate", "orch.fleet")
         assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"

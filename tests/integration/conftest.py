@@ -17,6 +17,7 @@ from tests.helpers import (
     consul,
     containers,
     failed_states,
+    forget_releases,
     haproxy_servers,
     is_up,
     kv_get,
@@ -26,6 +27,14 @@ from tests.helpers import (
 )
 
 FAILPOINTS = pathlib.Path("/run/cabify/failpoints.json")
+
+
+@pytest.fixture(autouse=True)
+def _releases_forgotten() -> Iterator[None]:
+    """What a test released through the controller stays its own: the next test's
+    highstate converges to the pillar files' versions, as the tests expect."""
+    yield
+    forget_releases()
 
 
 class _Replica(http.server.BaseHTTPRequestHandler):

@@ -4,6 +4,7 @@ prints the plan, and every trigger (event, KV key, orchestration, runner)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 
@@ -170,13 +171,21 @@ def test_max_parallel_two_with_four_replicas_dry_run_and_drain_timeout(salt_cli,
         assert "DRAIN_TIMEOUT=7" in docker.from_env().containers.get(name).attrs["Config"]["Env"]
 
 
-def test_event_triggers_a_release(salt_cli, steady):
+def test_event_triggers_a_release_that_the_next_highstate_keeps(salt_cli, steady):
     version = unique_version("ev")
     data = {"pool": "cabify", "version": version, "settings": QUICK_RELEASE}
     ret = salt_cli.run("event.send", "cabify/release/request", data=data)
     assert ret.returncode == 0, ret.stderr
-    assert wait_release_end(version)["result"] == "succeeded"
+    record = wait_release_end(version)
+    assert record["result"] == "succeeded" and record["controller"], record
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
+    assert kv_get("cabify/released/cabify")["version"] == version
+    # The version the release set is the pool's in pillar now: a plain highstate keeps it.
+    ret = salt_cli.run("state.apply", queue=True)
+    assert ret.returncode == 0, failed_states(ret.data)
+    changed = {k: v["comment"] for k, v in ret.data.items() if v.get("changes")}
+    assert not changed, f"the highstate after the release changed {changed}"
+    assert versions_running() == {version: 3}
 
 
 def test_kv_desired_version_triggers_exactly_one_release(steady):
@@ -206,6 +215,46 @@ def test_orchestration_without_a_pool_says_what_is_missing(salt_run_cli, highsta
     ret = salt_run_cli.run("state.orchestrate", "orch.rolling", pillar={"release": {"version": "2"}})
     assert ret.returncode != 0
     assert "release:pool and release:version are required" in str(ret.data)
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.server.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_controller_posts_each_step_to_the_webhooks(salt_run_cli, steady):
+    """A small HTTP receiver on loopback gets the release's JSON notices, in order,
+    the end one with the outcome; a second URL that refuses costs the release nothing."""
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    receiver.posts = []
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        version = unique_version("hook")
+        hooks = [f"http://127.0.0.1:{receiver.server_address[1]}/cabify", "http://127.0.0.1:9/refused"]
+        ret = salt_run_cli.run(
+            "cabify.release", "cabify", version, settings=QUICK_RELEASE | {"webhooks": hooks}
+        )
+        assert ret.returncode == 0 and ret.data["result"] == "succeeded", ret.data
+        wait_for(lambda: any(p["step"] == "end" for p in receiver.posts), 15, "the end notice")
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    steps = [p["step"] for p in receiver.posts]
+    assert steps[0] == "start" and steps[-1] == "end", steps
+    assert {"prepare", "plan", "batch", "barrier", "drained", "batch-done"} <= set(steps), steps
+    assert all(p["release"] == ret.data["id"] and p["pool"] == "cabify" for p in receiver.posts)
+    assert receiver.posts[-1]["record"]["result"] == "succeeded" and receiver.posts[-1]["to"] == version
+
+
+def test_a_webhook_that_is_not_http_is_refused_naming_the_key(salt_run_cli, steady):
+    ret = salt_run_cli.run("cabify.release", "cabify", "2", settings={"webhooks": ["file:///etc/passwd"]})
+    assert ret.returncode != 0 and "release:webhooks" in ret.data["reason"], ret.data
+    assert versions_running() == {steady: 3}
 
 
 def test_runners_show_status_and_history(salt_run_cli, steady):

@@ -34,6 +34,7 @@ class Host:
 
     def __init__(self, replicas: list[dict], registered: list[str] | None = None):
         self.replicas = replicas
+        self.pillar: dict = {}
         names = [r["name"] for r in replicas] if registered is None else registered
         where = {r["name"]: {"address": r["address"], "port": r["port"]} for r in replicas}
         self.registered = {n: {"pool": "cabify", "status": "passing", **where.get(n, {})} for n in names}
@@ -48,6 +49,7 @@ class Host:
                 return_value={"started": ["cabify-1-new"], "removed": [], "reconciled": {}}
             ),
             "cabify_docker.replicas": lambda pool: self.replicas,
+            "pillar.get": lambda key, default=None, **_: self.pillar.get(key, default),
             "cabify_consul.registrations": lambda pool: self.registered,
             "cabify_release.needs_recovery": MagicMock(return_value=False),
             "cabify_release.recover": MagicMock(return_value={"canaries_removed": ["cabify-2-old"]}),
@@ -197,3 +199,17 @@ def test_an_unknown_strategy_fails_and_changes_nothing(host, test_mode):
     ret = converged(version="2", release={"strategy": "blue-green"})
     assert ret["result"] is False and "release strategy 'blue-green' is not supported" in ret["comment"]
     host.salt["cabify_release.rolling"].assert_not_called()
+
+
+def test_a_version_change_is_refused_while_the_released_version_cannot_be_read(host, test_mode):
+    """The ext_pillar could not read Consul: the pillar files' version might undo the
+    fleet's last release, so the pool keeps the version it runs (and says why)."""
+    host.pillar["cabify:released_unreadable"] = "no Consul of the fleet answers with a leader"
+    ret = converged(version="2")
+    assert ret["result"] is False and ret["changes"] == {}, ret
+    assert "cannot be read" in ret["comment"] and "no Consul" in ret["comment"], ret["comment"]
+    host.salt["cabify_release.rolling"].assert_not_called()
+    # Scaling the version it runs is no release: that still goes on.
+    grown = converged(replicas=4)
+    assert grown["result"] is (None if test_mode else True), grown
+    assert grown["changes"] == ({"start": 1, "remove": []} if test_mode else {"started": ["cabify-1-new"]})

@@ -1,0 +1,260 @@
+"""Fleet releases decided by the release controller on the master, under load through
+both LBs: a rolling release over every app host that drains to zero sessions on every
+LB (a slow request in flight completes), and a release that fails on the second host,
+reverted on every host."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.fleet.conftest import (
+    APP_HOSTS,
+    HOSTS,
+    LB_HOSTS,
+    POOL_TOTAL,
+    STACK,
+    address,
+    fleet_consul,
+    fleet_history,
+    fleet_kv,
+    host_run,
+    pool_serves_everywhere,
+    state_results,
+)
+from tests.fleet.test_fleet import load_through, served_more
+from tests.helpers import wait_for
+from tests.load import LoadClient
+
+PER_HOST = STACK["cabify"]["pools"]["cabify"]["replicas"]
+STABLE = str(STACK["cabify"]["pools"]["cabify"]["version"])
+NEW = "2"
+FAST = {"min_healthy_time": 0, "healthy_deadline": 30}
+# A request of SLOW seconds is in flight on some replica whenever one is drained: the
+# pool's drain_timeout (5 s) lets it finish. (The LBs give a server 3 s to answer,
+# timeout_server: a slower request would be a 504 whatever the drain.)
+SLOW = 2
+
+
+@pytest.fixture(scope="module")
+def new_version(fleet, salt_run_cli) -> str:
+    """Version NEW pushed to the fleet's registry by the build host (orch.build)."""
+    ret = salt_run_cli.run("state.orchestrate", "orch.build", pillar={"build": {"version": NEW}})
+    assert ret.returncode == 0, f"orch.build of version {NEW}: {str(ret.data)[-2000:]}"
+    return NEW
+
+
+def release(salt_run_cli, version: str, **settings):
+    """orch.rolling of pool cabify to VERSION: the release controller's record."""
+    pillar = {"release": {"pool": "cabify", "version": version, "settings": FAST | settings}}
+    ret = salt_run_cli.run("state.orchestrate", "orch.rolling", pillar=pillar)
+    steps = list((ret.data or {}).get("data", {}).values()) if isinstance(ret.data, dict) else []
+    step = next(iter(steps[0].values())) if steps else {}
+    return ret, (step.get("changes") or {}).get("return") or {}
+
+
+@pytest.fixture
+def versions(fleet, fleet_cli, salt_run_cli, new_version) -> tuple[str, str]:
+    """The version every app host runs (STABLE after a former test left a mix) and the
+    other one: each test releases from where the last one left the pool."""
+    if not serves_only(fleet_cli, STABLE) and not serves_only(fleet_cli, new_version):
+        ret, record = release(salt_run_cli, STABLE, max_parallel=3)
+        assert ret.returncode == 0, f"back to version {STABLE}: {record.get('reason')}"
+    running = STABLE if serves_only(fleet_cli, STABLE) else new_version
+    return running, new_version if running == STABLE else STABLE
+
+
+def versions_by_host(fleet_cli) -> dict[str, dict[str, int]]:
+    found = fleet_cli.run(APP_HOSTS, "cabify_pool.running", "cabify")
+    return {host: dict(Counter(r["version"] for r in replicas)) for host, replicas in found.items()}
+
+
+def serves_only(fleet_cli, version: str) -> bool:
+    return versions_by_host(fleet_cli) == {host: {version: PER_HOST} for host in APP_HOSTS}
+
+
+def test_a_rolling_release_over_every_app_host_drains_to_zero_sessions_on_every_lb(
+    fleet, fleet_cli, salt_run_cli, versions
+):
+    """Under the usual load and slow requests through both LBs, every replica is
+    replaced; each old one was stopped only once both LBs showed no session on it, and
+    the requests in flight on it when it was drained completed."""
+    _, version = versions
+    slow = [
+        LoadClient(host=address(lb), path=f"/sleep/{SLOW}", workers=POOL_TOTAL, timeout=15, max_seconds=600)
+        for lb in LB_HOSTS
+    ]
+    with load_through(*LB_HOSTS) as clients, contextlib.ExitStack() as slow_ones:
+        for client in slow:
+            slow_ones.enter_context(client)
+        ret, record = release(salt_run_cli, version)
+        served_more(clients)
+    assert ret.returncode == 0, f"orch.rolling to {version}: {record.get('reason') or ret.stderr[-2000:]}"
+    for client in slow:
+        assert client.result.failed == 0, f"slow requests failed during the drains: {client.result.failures}"
+        assert client.result.requests >= POOL_TOTAL, "the slow requests did not flow"
+    assert record["result"] == "succeeded" and record["controller"], record
+    assert record["hosts"] == APP_HOSTS and record["lbs"] == LB_HOSTS, record
+    assert len(record["drains"]) == POOL_TOTAL, f"one drain a replica: {record['drains']}"
+    assert all(lb["idle"] for d in record["drains"] for lb in d["lbs"].values()), record["drains"]
+    waited = max(lb["waited"] for drain in record["drains"] for lb in drain["lbs"].values())
+    assert waited > 0.5, f"no drain waited for a request in flight: {record['drains']}"
+    assert serves_only(fleet_cli, version), versions_by_host(fleet_cli)
+    assert pool_serves_everywhere(), "both LBs serve every replica after the release"
+
+
+def test_a_release_that_fails_on_the_second_host_is_reverted_on_every_host(
+    fleet, fleet_cli, salt_run_cli, versions
+):
+    running, other = versions
+    bad = APP_HOSTS[1]
+    # Every replica started on BAD is built wrong: it never passes its check.
+    failpoint = json.dumps({"pool.start": {"action": "env", "env": {"FAULT": "unhealthy"}}})
+    host_run(bad, "sh", "-c", f"mkdir -p /run/cabify && echo '{failpoint}' > /run/cabify/failpoints.json")
+    try:
+        with load_through(*LB_HOSTS) as clients:
+            ret, record = release(salt_run_cli, other, healthy_deadline=8, host_by_host=True)
+            served_more(clients)
+    finally:
+        host_run(bad, "rm", "-f", "/run/cabify/failpoints.json")
+    assert ret.returncode != 0, "orch.rolling reported success for a release that failed on a host"
+    assert record["result"] == "failed", record
+    assert bad in record["reason"] and "reverted: removed" in record["reason"], record["reason"]
+    assert "incomplete" not in record["reason"], record["reason"]
+    wait_for(lambda: serves_only(fleet_cli, running), 30, f"only version {running} on every app host")
+    assert pool_serves_everywhere(), "both LBs serve every replica after the revert"
+
+
+def test_a_release_paused_between_batches_holds_the_pool_then_resumes(
+    fleet, fleet_cli, salt_run_cli, versions
+):
+    _, other = versions
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["ret"], outcome["record"] = release(salt_run_cli, other)
+
+    def journal() -> dict:
+        return fleet_kv("cabify/journal/cabify") or {}
+
+    with load_through(*LB_HOSTS) as clients:
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_for(lambda: journal().get("batch", 0) >= 2, 120, "the release at its second batch")
+            paused = salt_run_cli.run("cabify.pause", "cabify")
+            assert paused.returncode == 0 and paused.data["result"], paused.data
+            wait_for(lambda: journal().get("phase") == "paused", 60, "the release paused")
+            held = versions_by_host(fleet_cli)
+            status = salt_run_cli.run("cabify.status", "cabify").data
+            assert status["journal"]["phase"] == "paused", status["journal"]
+            assert status["release_running"]["id"] == status["journal"]["release"], status
+            assert set(status["lbs"]) == set(LB_HOSTS), status["lbs"]
+            assert all(isinstance(f, dict) and "stable" in f for f in status["lbs"].values()), status["lbs"]
+            # Paused: for 5 s no replica starts or stops anywhere.
+            until = time.monotonic() + 5
+            while time.monotonic() < until:
+                assert versions_by_host(fleet_cli) == held, "a replica changed while the release was paused"
+                assert journal().get("phase") == "paused", journal()
+            resumed = salt_run_cli.run("cabify.resume", "cabify")
+            assert resumed.returncode == 0 and resumed.data["result"], resumed.data
+        finally:
+            thread.join(600)
+        served_more(clients)
+    assert outcome["ret"].returncode == 0, outcome["record"].get("reason")
+    assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
+
+
+def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_keeps(
+    fleet, fleet_cli, salt_run_cli, versions
+):
+    """Every host's beacon sees the change and the reactor asks the controller once
+    for each: one release, the others counted as skipped; then a plain highstate of the
+    app hosts changes nothing (the released version is their pillar's)."""
+    _, other = versions
+    since = time.time()
+    with load_through(*LB_HOSTS) as clients:
+        fleet_consul("/v1/kv/cabify/desired/cabify", "PUT", {"version": other, "settings": FAST})
+        record = wait_for(
+            lambda: next(
+                (r for r in fleet_history() if r["started_at"] >= since and r["result"] != "running"), None
+            ),
+            300,
+            f"the end of the release to {other} that the KV change asked for",
+        )
+        served_more(clients)
+    assert record["result"] == "succeeded" and record["to"] == other, record
+    claim = wait_for(
+        lambda: (
+            (c := fleet_kv("cabify/triggers/cabify") or {}).get("release") == record["id"]
+            and 1 + len(c.get("skipped", [])) >= len(HOSTS)
+            and c
+        ),
+        120,
+        f"the change asked for by each of the {len(HOSTS)} hosts' beacons",
+    )
+    releases = [r for r in fleet_history() if r["started_at"] >= since]
+    assert len(releases) == 1, f"one change made {len(releases)} releases: {releases}"
+    assert 1 + len(claim["skipped"]) == len(HOSTS), claim
+    assert fleet_kv("cabify/released/cabify")["version"] == other
+    with load_through(*LB_HOSTS):
+        applied = fleet_cli.run(APP_HOSTS, "state.apply", timeout=600)
+    failed, changed = state_results(applied)
+    assert not failed, f"the highstate after the release failed: {failed}"
+    assert not changed, f"the highstate after the release changed: {changed}"
+    assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
+
+
+def test_a_release_whose_controller_is_killed_mid_way_is_reverted_by_the_master(
+    fleet, fleet_cli, salt_master, salt_run_cli, versions
+):
+    """The controller's process (a salt-run) killed with -9 after its first drains: the
+    master's schedule finds the journal of a release nobody runs, takes the lock and
+    reverts it; the pool is never without an owner and serves throughout."""
+    running, other = versions
+    command = [
+        os.path.join(sys.prefix, "bin", "salt-run"),
+        "-c",
+        salt_master.config_dir,
+        "cabify.release",
+        "cabify",
+        other,
+        "settings={min_healthy_time: 0}",
+    ]
+    with load_through(*LB_HOSTS) as clients:
+        controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            journal = wait_for(
+                lambda: (
+                    (j := fleet_kv("cabify/journal/cabify") or {}).get("batch", 0) >= 3
+                    and j.get("drained")
+                    and j
+                ),
+                180,
+                "the release past its first drains",
+            )
+        finally:
+            controller.kill()
+            controller.wait()
+        dead = journal["release"]
+        record = wait_for(
+            lambda: next((r for r in fleet_history() if r["id"] == dead and r["result"] != "running"), None),
+            150,
+            f"the master's recovery of release {dead}",
+        )
+        served_more(clients)
+    assert record["result"] == "interrupted", record
+    assert "reverted" in record["reason"] and "incomplete" not in record["reason"], record["reason"]
+    wait_for(lambda: serves_only(fleet_cli, running), 60, f"only version {running} on every app host")
+    assert pool_serves_everywhere(), "both LBs serve every replica after the recovery"
+    status = salt_run_cli.run("cabify.status", "cabify").data
+    assert status["journal"] is None and status["release_running"] is None, status
+    assert status["last_release"]["recovering"] == dead, status["last_release"]
