@@ -4,9 +4,9 @@ prints the plan, and every trigger (event, KV key, orchestration, runner)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.helpers import (
     CONSUL,
@@ -217,7 +217,7 @@ def test_orchestration_without_a_pool_says_what_is_missing(salt_run_cli, highsta
     assert "release:pool and release:version are required" in str(ret.data)
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
+class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self.send_response(204)
@@ -230,7 +230,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def test_the_controller_posts_each_step_to_the_webhooks(salt_run_cli, steady):
     """A small HTTP receiver on loopback gets the release's JSON notices, in order,
     the end one with the outcome; a second URL that refuses costs the release nothing."""
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     receiver.posts = []
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
