@@ -329,6 +329,7 @@ def release(
         __context__["retcode"] = 1
         return {
             "pool": pool,
+            "retcode": 1,
             "result": "failed",
             "reason": f"strategy {strategy!r}: the fleet controller does rolling releases (a canary runs "
             "host by host through orch.canary)",

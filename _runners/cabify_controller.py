@@ -265,28 +265,27 @@ class Release:
 
     def progress(self, step: str, **data: Any) -> None:
         """An event ``cabify/release/<id>/<step>`` on the master's bus (``salt-run
-        state.event 'cabify/release/*'`` follows them) and a log line."""
+        state.event 'cabify/release/*'`` follows them), a log line, and a notice for the
+        webhooks. Never raises: progress is told, never in the way."""
         log.info("cabify release %s of pool %s: %s %s", self.id, self.pool, step, data)
         try:
             if self._bus is None:
                 self._bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
             self._bus.fire_event({"pool": self.pool, **data}, f"cabify/release/{self.id}/{step}")
-        except Exception as err:  # noqa: BLE001 - progress is told, never in the way
+        except Exception as err:  # noqa: BLE001 - told in the log instead
             log.warning("cabify controller: sending event %s failed: %s", step, err)
         if self.webhooks:
-            told = dict(data)
-            if "release" in told:  # the record (start, end), or the release a recovery reverts
-                told["record" if isinstance(told["release"], dict) else "recovering"] = told.pop("release")
-            self.notices.put(
-                {
-                    "release": self.id,
-                    "pool": self.pool,
-                    "to": self.version,
-                    "step": step,
-                    "at": _now(),
-                    **told,
-                }
-            )
+            self.notices.put(self.notice(step, data))
+
+    def notice(self, step: str, data: dict) -> dict:
+        """The JSON a webhook gets for STEP: the release, pool, version, step and time,
+        and the step's DATA (the release's record at start and end as ``record``; the
+        release a recovery reverts as ``recovering``)."""
+        told = dict(data)
+        if "release" in told:
+            value = told.pop("release")
+            told["record" if isinstance(value, dict) else "recovering"] = value
+        return {"release": self.id, "pool": self.pool, "to": self.version, "step": step, "at": _now(), **told}
 
     def _notify(self) -> None:
         """Post each notice to every webhook, in order, in a thread of its own: a slow
@@ -922,9 +921,18 @@ def _outcome(pool: str, version: str, strategy: str, request: dict, body: str) -
         release._quietly("counting the skip", release.note_skip, str(why))
         return {"pool": pool, "to": str(version), "result": "skipped", "reason": str(why)}
     except CommandExecutionError as err:
+        # The context's retcode fails an orchestration's salt.runner state; the returned
+        # one is what salt-run exits with.
         __context__["retcode"] = 1
         record = release.record if release is not None and release.record["result"] != "running" else {}
-        return {"pool": pool, "to": str(version), **record, "result": "failed", "reason": str(err)}
+        return {
+            "pool": pool,
+            "to": str(version),
+            **record,
+            "result": "failed",
+            "reason": str(err),
+            "retcode": 1,
+        }
 
 
 def _dead(holder: dict) -> bool:

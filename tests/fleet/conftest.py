@@ -196,7 +196,7 @@ def fleet_cli(salt_master) -> FleetCli:
 
 
 @pytest.fixture(scope="session")
-def fleet(salt_master, highstate, fleet_cli):
+def fleet(salt_master, salt_minion, highstate, fleet_cli):
     """The fleet of pillar/fleet.sls, from nothing: hosts started bare (Debian 12 and a
     Salt minion of the test master), then one orch.fleet. Removed at the end."""
     env = {
@@ -225,9 +225,20 @@ def fleet(salt_master, highstate, fleet_cli):
         fleet_sh("up")
         # fleet.sh pointed the release controller at the fleet (master.d): the master's
         # reactor reads that once it restarts, as `make fleet` restarts make up's.
+        # The suite's own minion is restarted too: once in a while it did not connect
+        # to the restarted master's publisher again (the fleet's minions always did).
+        salt_minion.terminate()
         salt_master.terminate()
         salt_master.start()
+        salt_minion.start()
         fleet_sh("answering")
+        wait_for(
+            lambda: (
+                salt_master.salt_cli(timeout=10).run("test.ping", minion_tgt=salt_minion.id).returncode == 0
+            ),
+            60,
+            f"{salt_minion.id} answering the restarted master",
+        )
         hosts_up = time.monotonic() - started
         ret = salt_master.salt_run_cli(timeout=1200).run("state.orchestrate", "orch.fleet")
         assert ret.returncode == 0, f"orch.fleet failed: {str(ret.data)[-3000:]} {ret.stderr[-2000:]}"
