@@ -77,36 +77,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _Stops:
-    """Old replicas that a rolling release drained, stopped (SIGTERM, then removed) in
-    the background: they serve nothing any more, and the next batch need not wait for
-    their process to exit. :py:meth:`wait` is called before the next batch drains and
-    before the release ends or reverts; it raises what failed."""
-
-    def __init__(self):
-        self.threads: list[threading.Thread] = []
-        self.errors: list[str] = []
-
-    def start(self, name: str, timeout: float) -> None:
-        def stop() -> None:
-            try:
-                __salt__["cabify_docker.stop_replica"](name, timeout)
-            except Exception as err:  # noqa: BLE001 - raised by wait()
-                self.errors.append(f"stopping {name}: {err}")
-
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(stop,), daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
-    def wait(self) -> None:
-        threads, self.threads = self.threads, []
-        for thread in threads:
-            thread.join()
-        errors, self.errors = self.errors, []
-        if errors:
-            raise CommandExecutionError("; ".join(errors))
-
-
 class _Events:
     """A release's progress events, sent in order by a thread of their own: the release
     never waits on the master to take one (under load that is 0.1 s an event)."""
@@ -426,7 +396,7 @@ def _roll(
         _pool("drain", pool, name, drain_timeout=0, fence=fence)
     started: list[str] = []
     drained: dict[str, dict | None] = {}
-    stops = _Stops()
+    stops = __utils__["cabify_tasks.background"]()
     _quietly("sending the plan", _progress, release, "plan", version=version, batches=steps["batches"])
     for number, batch in enumerate(steps["batches"], start=1):
         _quietly(
@@ -468,7 +438,12 @@ def _roll(
                 out = _pool(
                     "drain", pool, name, drain_timeout=settings["drain_timeout"], fence=fence, stop=False
                 )
-                stops.start(name, out.get("stop_timeout", settings["drain_timeout"] + 2))
+                stops.start(
+                    f"stopping {name}",
+                    __salt__["cabify_docker.stop_replica"],
+                    name,
+                    out.get("stop_timeout", settings["drain_timeout"] + 2),
+                )
         except Exception as err:  # whatever failed, the old version must keep serving
             _quietly("stopping drained replicas", stops.wait)
             if not _lock_still_held(fence):

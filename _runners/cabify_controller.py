@@ -254,8 +254,7 @@ class Release:
             "to": self.version,
             "phase": "planning",
         }
-        self.stops: list[threading.Thread] = []
-        self.stop_errors: list[str] = []
+        self.stops = __utils__["cabify_tasks.background"]()
         self._bus = None
         self.webhooks: list[str] = list((request.get("release_settings") or {}).get("webhooks") or [])
         self.notices: queue.Queue = queue.Queue()
@@ -598,23 +597,17 @@ class Release:
         return idle
 
     def _stop_later(self, host: str, name: str, timeout: float) -> None:
-        def stop() -> None:
-            try:
-                _salt([host], "cabify_docker.stop_replica", [name, timeout], timeout=timeout + QUICK)
-            except Exception as err:  # noqa: BLE001 - raised by wait_stops()
-                self.stop_errors.append(f"stopping {name} on {host}: {err}")
-
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(stop,), daemon=True)
-        thread.start()
-        self.stops.append(thread)
+        self.stops.start(
+            f"stopping {name} on {host}",
+            _salt,
+            [host],
+            "cabify_docker.stop_replica",
+            [name, timeout],
+            timeout=timeout + QUICK,
+        )
 
     def wait_stops(self) -> None:
-        threads, self.stops = self.stops, []
-        for thread in threads:
-            thread.join()
-        errors, self.stop_errors = self.stop_errors, []
-        if errors:
-            raise CommandExecutionError("; ".join(errors))
+        self.stops.wait()
 
     def prepare(self) -> None:
         """The version's image on every app host (cabify.install with the pool at the

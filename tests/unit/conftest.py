@@ -42,4 +42,5 @@ def utils() -> Utils:
         "cabify_kv",
         "cabify_failpoints",
         "cabify_hostlock",
+        "cabify_tasks",
     )
