@@ -645,6 +645,8 @@ class Release:
         revert) when aborted."""
         asked = self.command()
         if asked == "pause":
+            # The last batch's old replicas finish stopping first: a paused pool holds still.
+            self.wait_stops()
             phase = self.journal.get("phase")
             self.save(phase="paused", paused_at=_now())
             self.progress("paused", batch=number)

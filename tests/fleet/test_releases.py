@@ -167,6 +167,8 @@ def test_a_release_paused_between_batches_holds_the_pool_then_resumes(
             resumed = salt_run_cli.run("cabify.resume", "cabify")
             assert resumed.returncode == 0 and resumed.data["result"], resumed.data
         finally:
+            # Whatever failed above, the release must not stay paused for the next test.
+            salt_run_cli.run("cabify.resume", "cabify")
             thread.join(600)
         served_more(clients)
     assert outcome["ret"].returncode == 0, outcome["record"].get("reason")
