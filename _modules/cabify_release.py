@@ -904,13 +904,7 @@ def _dead(current: dict | None) -> bool:
     """The lock holder CURRENT is a release of this host whose process is gone."""
     if not current or current.get("minion") != __grains__.get("id") or not current.get("pid"):
         return False
-    try:
-        os.kill(int(current["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):
-        return False
-    return False
+    return __utils__["cabify_tasks.process_gone"](current["pid"])
 
 
 def needs_recovery(pool: str) -> bool:

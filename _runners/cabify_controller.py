@@ -934,13 +934,7 @@ def _dead(holder: dict) -> bool:
     """The lock HOLDER is a controller's release on this master whose process is gone."""
     if not holder.get("controller") or holder.get("minion") != __opts__.get("id") or not holder.get("pid"):
         return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError):
-        return False
-    return False
+    return __utils__["cabify_tasks.process_gone"](holder["pid"])
 
 
 def recover(pool: str | None = None) -> dict:

@@ -3,6 +3,8 @@ Work a release runs in the background while it goes on (an old replica's SIGTERM
 removal: it serves nothing any more, and the next batch need not wait for its process
 to exit), waited for before the release depends on it.
 
+Also: whether a lock holder's process is gone (:py:func:`process_gone`).
+
 Each task runs in a thread of its own with a copy of the caller's context (Salt's
 loader dunders live in context variables). ``wait`` joins them and raises every error.
 """
@@ -10,6 +12,7 @@ loader dunders live in context variables). ``wait`` joins them and raises every 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 
 from salt.exceptions import CommandExecutionError
@@ -48,3 +51,15 @@ class Background:
 def background() -> Background:
     """A new set of background tasks (the loader gives functions, not classes)."""
     return Background()
+
+
+def process_gone(pid: object) -> bool:
+    """True when no process PID runs on this host any more (a lock holder that died);
+    False when it runs, or when that cannot be told."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+    return False

@@ -5,6 +5,8 @@ app host's (with what it says when Consul does not answer)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -102,3 +104,16 @@ def test_the_released_version_is_an_app_hosts_pool_version(ext_pillar):
 def test_a_consul_that_does_not_answer_is_said_not_hidden(ext_pillar):
     got = ext_pillar(ConnectionError("refused"))("node1", PILLAR)
     assert got == {"cabify": {"released_unreadable": "refused"}}
+
+
+def test_a_lock_holders_process_is_gone_only_once_it_ended():
+    tasks = load("utils", "cabify_tasks")
+    assert tasks.process_gone(os.getpid()) is False
+    assert tasks.process_gone(_reaped_pid()) is True
+    assert tasks.process_gone("not a pid") is False
+
+
+def _reaped_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
