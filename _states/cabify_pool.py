@@ -76,16 +76,16 @@ def converged(
         if release["strategy"] not in ("rolling", "canary"):
             raise CommandExecutionError(f"release strategy {release['strategy']!r} is not supported")
         notes = _recover(ret, name)
+        _released_now(name, pool)
         whole_env = __salt__["cabify_pool.replica_env"](pool["env"], pool["drain_timeout"])
         wanted = __utils__["cabify_plan.spec_hash"](pool["version"], whole_env, pool["resources"])
         running = __salt__["cabify_pool.running"](name)
         if pool["replicas"] > 0 and any(r["spec"] != wanted for r in running if r["role"] == "stable"):
-            unreadable = __salt__["pillar.get"]("cabify:released_unreadable", None, unmask=True)
-            if unreadable:
+            if pool.get("unreadable"):
                 raise CommandExecutionError(
                     f"it runs {sorted({r['version'] for r in running})}, and the version the fleet's "
-                    f"last release set cannot be read ({unreadable}): nothing changed; apply again once "
-                    "Consul answers"
+                    f"last release set cannot be read ({pool['unreadable']}): nothing changed; apply "
+                    "again once Consul answers"
                 )
             settings = {**pool, **{k: release[k] for k in RELEASE_KEYS if k in release}}
             if release["strategy"] == "canary":
@@ -95,6 +95,26 @@ def converged(
     except CommandExecutionError as err:
         ret.update(result=False, changes={}, comment=f"pool {name}: {err}")
         return ret
+
+
+def _released_now(name: str, pool: dict) -> None:
+    """When the pillar could not read what the fleet's last release set (Consul was down
+    as the pillar was compiled: a host that has just booted), read it now through this
+    host's agent, which the states before this one have started. What the last release
+    set wins over the pillar files, as in the pillar; when it still cannot be read, the
+    reason goes into POOL's ``unreadable`` and no version changes."""
+    unreadable = __salt__["pillar.get"]("cabify:released_unreadable", None, unmask=True)
+    if not unreadable:
+        return
+    try:
+        released = __salt__["cabify_consul.kv_get"](__utils__["cabify_kv.released"](name))
+    except CommandExecutionError as err:
+        pool["unreadable"] = f"pillar: {unreadable}; this host's agent: {err}"
+        return
+    if isinstance(released, dict) and released.get("version") is not None:
+        pool["version"] = str(released["version"])
+        if isinstance(released.get("env"), dict):
+            pool["env"] = released["env"]
 
 
 def _recover(ret: dict, name: str) -> list[str]:

@@ -157,7 +157,12 @@ def highstate(salt_call_cli):
     former run left at another version goes back to the pillar's in one batch)."""
     ret = salt_call_cli.run("saltutil.sync_all")
     assert ret.returncode == 0, ret.stderr
-    forget_releases()  # a former run's release must not be this one's pillar
+    # A former run's release must not be this one's pillar. On a host that has just
+    # booted, Consul is down until the highstate starts it: start it first.
+    if not forget_releases():
+        ret = salt_call_cli.run("state.sls", "common,consul")
+        assert ret.returncode == 0, f"Consul's formula failed: {ret.stdout[-2000:]}"
+        wait_for(forget_releases, 60, "Consul answering after its formula")
     quick = {"cabify": {"pool": {"release": {"max_parallel": 3, "min_healthy_time": 0}}}}
     ret = salt_call_cli.run("state.apply", pillar=quick)
     failed = {k: v["comment"] for k, v in (ret.data or {}).items() if not v["result"]}

@@ -59,12 +59,16 @@ def consul(method: str, path: str, body: Any = None) -> Any:
     return json.loads(raw) if raw.strip() else None
 
 
-def forget_releases() -> None:
+def forget_releases() -> bool:
     """Delete what the release controller released (Consul KV cabify/released/): the
-    pools go back to the pillar files' versions at the next highstate. Nothing when
-    Consul does not answer (a fresh host before its first highstate)."""
-    with contextlib.suppress(OSError):
-        http("DELETE", f"{CONSUL}/v1/kv/cabify/released/?recurse=true")
+    pools go back to the pillar files' versions at the next highstate. False when
+    Consul does not answer yet, or has no leader (a fresh or rebooted host before its
+    first highstate)."""
+    try:
+        status, _ = http("DELETE", f"{CONSUL}/v1/kv/cabify/released/?recurse=true")
+    except OSError:
+        return False
+    return status == 200
 
 
 def kv_get(key: str) -> Any:

@@ -205,11 +205,31 @@ def test_a_version_change_is_refused_while_the_released_version_cannot_be_read(h
     """The ext_pillar could not read Consul: the pillar files' version might undo the
     fleet's last release, so the pool keeps the version it runs (and says why)."""
     host.pillar["cabify:released_unreadable"] = "no Consul of the fleet answers with a leader"
+    host.salt["cabify_consul.kv_get"] = MagicMock(side_effect=CommandExecutionError("connection refused"))
     ret = converged(version="2")
     assert ret["result"] is False and ret["changes"] == {}, ret
     assert "cannot be read" in ret["comment"] and "no Consul" in ret["comment"], ret["comment"]
+    assert "this host's agent: connection refused" in ret["comment"], ret["comment"]
     host.salt["cabify_release.rolling"].assert_not_called()
     # Scaling the version it runs is no release: that still goes on.
     grown = converged(replicas=4)
     assert grown["result"] is (None if test_mode else True), grown
     assert grown["changes"] == ({"start": 1, "remove": []} if test_mode else {"started": ["cabify-1-new"]})
+
+
+@pytest.mark.parametrize("released", [None, {"version": "7", "release": "r9"}], ids=["none", "released"])
+def test_the_released_version_is_read_through_the_agent_when_the_pillar_could_not(host, test_mode, released):
+    """A host that has just booted: its pillar was compiled before this highstate started
+    Consul. The agent, up by the time the pool converges, says what the last release set
+    (which wins over the pillar files' version, as in the pillar); no release there means
+    the pillar files' version."""
+    host.pillar["cabify:released_unreadable"] = "no Consul of the fleet answers with a leader"
+    host.salt["cabify_consul.kv_get"] = MagicMock(return_value=released)
+    ret = converged(version="2")
+    host.salt["cabify_consul.kv_get"].assert_called_once_with("cabify/released/cabify")
+    wanted = "7" if released else "2"
+    if test_mode:
+        assert ret["result"] is None and f"to version {wanted}" in ret["comment"], ret
+    else:
+        assert ret["result"] is True, ret
+        assert host.salt["cabify_release.rolling"].call_args.kwargs["version"] == wanted
