@@ -59,10 +59,24 @@ def command(cmd: str) -> str:
 
 
 def _rows(backend: str) -> list[dict]:
-    lines = command("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",") if lines else []
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
-    return [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
+    return __utils__["cabify_analysis.stat_rows"](command("show stat"), backend)
+
+
+def stats_url() -> str:
+    """
+    Where this HAProxy's stats page answers in CSV (``haproxy:stats``), for readers on
+    other hosts (the release controller reads a canary's figures there, many times a
+    second): on an LB whose stats page is bound to its fleet address, that address.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.stats_url
+    """
+    bind = __salt__["config.get"]("haproxy:stats:bind", "127.0.0.1")
+    port = __salt__["config.get"]("haproxy:stats:port", 8404)
+    return f"http://{bind}:{port}/stats;csv"
 
 
 def servers(backend: str) -> dict[str, dict]:
@@ -80,7 +94,7 @@ def servers(backend: str) -> dict[str, dict]:
     return {
         row["addr"]: {
             "name": row["svname"],
-            "role": row["svname"].rstrip("0123456789"),
+            "role": __utils__["cabify_analysis.role_of"](row),
             "state": row["status"],
             "up": row["status"] == "UP" or row["status"].startswith("UP "),
             "weight": int(row.get("uweight") or row.get("weight") or 0),
@@ -335,19 +349,7 @@ def role_counters(backend: str) -> dict[str, dict]:
 
         salt-call cabify_lb.role_counters cabify
     """
-
-    def number(row: dict, key: str) -> int:
-        return int(row.get(key) or 0)
-
-    out: dict[str, dict] = {}
-    for row in _rows(backend):
-        role = row["svname"].rstrip("0123456789")
-        answered = sum(number(row, f"hrsp_{k}") for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
-        failed = number(row, "wretr") + number(row, "eresp")
-        totals = out.setdefault(role, {"requests": 0, "errors": 0})
-        totals["requests"] += answered + failed
-        totals["errors"] += number(row, "hrsp_5xx") + failed
-    return out
+    return __utils__["cabify_analysis.role_counters"](_rows(backend))
 
 
 def request_latencies(backend: str, since: float = 0) -> dict[str, list[int]]:
@@ -384,7 +386,8 @@ def figures(
     Live figures of BACKEND per role (``stable``, ``canary``): requests, errors, error
     rate, p50/p99 (ms), and the canary's measured share of the requests beside
     TARGET_SHARE. Counters count from BASELINE (a former result's ``counters``), latency
-    from SINCE (epoch seconds); without them, everything HAProxy still holds.
+    from SINCE (epoch seconds); without them, everything HAProxy still holds. Also the
+    canaries HAProxy holds DOWN (``canaries_out``).
 
     CLI Example:
 
@@ -392,8 +395,10 @@ def figures(
 
         salt-call cabify_lb.figures cabify
     """
-    counters = role_counters(backend)
+    rows = _rows(backend)
+    counters = __utils__["cabify_analysis.role_counters"](rows)
     latencies = request_latencies(backend, since or 0)
     out = __utils__["cabify_analysis.figures"](counters, baseline, latencies, target_share)
     out.update(counters=counters, at=time.time())
+    out["canaries_out"] = __utils__["cabify_analysis.canaries_out"](rows)
     return out

@@ -687,12 +687,15 @@ def settings(pool: str) -> dict:
     return merged
 
 
-def release_plan(pool: str, version: str, release: dict | None = None, env: dict | None = None) -> dict:
+def release_plan(
+    pool: str, version: str, release: dict | None = None, env: dict | None = None, role: str | None = None
+) -> dict:
     """
     This host's part of a fleet release of POOL to VERSION (RELEASE settings and ENV
     override the pool's): the spec the new replicas get, the replicas to keep, how
     many to start, the running old ones to drain and the stopped ones to clear, and the
-    merged settings. Changes nothing.
+    merged settings. With ROLE, only that role's replicas count (a canary's promotion
+    leaves the canaries to the controller). Changes nothing.
 
     CLI Example:
 
@@ -707,7 +710,7 @@ def release_plan(pool: str, version: str, release: dict | None = None, env: dict
     full_env = replica_env(merged.get("env"), merged["drain_timeout"])
     spec = __utils__["cabify_plan.spec_hash"](str(version), full_env, merged.get("resources"))
     current = _docker("replicas", pool)
-    steps = __utils__["cabify_plan.rolling_plan"](current, spec, int(merged["replicas"]), 1)
+    steps = __utils__["cabify_plan.rolling_plan"](current, spec, int(merged["replicas"]), 1, role)
     return {
         "host": __grains__.get("id"),
         "spec": spec,

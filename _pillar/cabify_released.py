@@ -2,12 +2,12 @@
 What the fleet's releases set, as pillar: the one source of truth for a pool's version.
 
 When the release controller on the master finishes a release of a pool, it writes what
-it set to Consul KV (``cabify/released/<pool>``: ``{"version", "env", "release"}``).
-This external pillar gives it back to every app host of the controller's
-(``cabify_controller:app_target``) whose pillar has that pool, as
-``cabify:pools:<pool>:version`` (and ``env`` when the release set one), over what the
-pillar files say. A plain ``state.apply`` then keeps what the last release set instead
-of undoing it.
+it set to Consul KV (``cabify/released/<pool>``: ``{"version", "env", "canary",
+"release"}``). This external pillar gives it back to every app host of the
+controller's (``cabify_controller:app_target``) whose pillar has that pool, as
+``cabify:pools:<pool>:version`` (and ``env`` and ``canary`` when the release set
+them), over what the pillar files say. A plain ``state.apply`` then keeps what the
+last release set instead of undoing it.
 
 .. code-block:: yaml
 
@@ -67,8 +67,9 @@ def ext_pillar(minion_id: str, pillar: dict, **_: Any) -> dict:
         if pool not in pools or not isinstance(value, dict) or value.get("version") is None:
             continue
         found[pool] = {"version": str(value["version"])}
-        if isinstance(value.get("env"), dict):
-            found[pool]["env"] = value["env"]
+        for key in ("env", "canary"):
+            if isinstance(value.get(key), dict):
+                found[pool][key] = value[key]
         log.debug(
             "cabify_released: %s: pool %s at %s (release %s)", minion_id, pool, value, value.get("release")
         )

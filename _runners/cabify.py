@@ -204,13 +204,13 @@ def _status(client, pool: str, per_host: dict) -> dict:
 
 def _command(pool: str | None, command: str) -> dict:
     """Send COMMAND to the release of POOL (the only one running, without POOL) that
-    can take it: a controller's release takes pause, resume and abort; a canary run
-    host by host takes promote and abort."""
+    can take it: a controller's release takes pause, resume and abort, and promote
+    when it is a canary; a canary run host by host takes promote and abort."""
     client = _client()
 
     def takes(holder: dict) -> bool:
-        if holder.get("controller"):
-            return command in ("pause", "resume", "abort")
+        if holder.get("controller") and command in ("pause", "resume", "abort"):
+            return True
         return holder.get("strategy") == "canary" and command in ("promote", "abort")
 
     running = {
@@ -309,14 +309,16 @@ def release(
     settings: dict | None = None,
     env: dict | None = None,
     trigger: str | None = None,
+    canary: dict | None = None,
 ) -> dict:
     """
     Release VERSION of POOL across the fleet now, by the release controller on the
-    master (see ``_runners/cabify_controller.py``): STRATEGY ``rolling``; SETTINGS
-    override the pool's release settings, ENV the replicas' environment; TRIGGER is the
-    KV key whose change asked for it (one release per change, however many minions saw
-    it). Returns the release's record; fails (and reverts) naming the step and host
-    that failed. What a release sets stays: it is the app hosts' version in pillar.
+    master (see ``_runners/cabify_controller.py``): STRATEGY ``rolling`` or ``canary``
+    (CANARY overrides the pool's canary settings); SETTINGS override the pool's release
+    settings, ENV the replicas' environment; TRIGGER is the KV key whose change asked
+    for it (one release per change, however many minions saw it). Returns the
+    release's record; fails (and reverts) naming the step and host that failed. What a
+    release sets stays: it is the app hosts' version in pillar.
 
     CLI Example:
 
@@ -324,15 +326,19 @@ def release(
 
         salt-run cabify.release cabify 2
         salt-run cabify.release cabify 2 settings='{max_parallel: 2, host_by_host: true}'
+        salt-run cabify.release cabify 2 strategy=canary canary='{steps: [{weight: 20, pause: 60}]}'
     """
+    if strategy == "canary":
+        return __salt__["cabify_controller.canary"](
+            pool, str(version), settings=settings, env=env, canary=canary, trigger=trigger
+        )
     if strategy != "rolling":
         __context__["retcode"] = 1
         return {
             "pool": pool,
             "retcode": 1,
             "result": "failed",
-            "reason": f"strategy {strategy!r}: the fleet controller does rolling releases (a canary runs "
-            "host by host through orch.canary)",
+            "reason": f"strategy {strategy!r}: a release is rolling or canary",
         }
     return __salt__["cabify_controller.rolling"](
         pool, str(version), settings=settings, env=env, trigger=trigger

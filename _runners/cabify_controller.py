@@ -76,6 +76,11 @@ HISTORY_KEEP = 100
 QUICK = 30
 # How often the barrier asks the LBs again.
 BARRIER_POLL = 0.2
+# How often a canary's figures are read on every LB's stats page: how soon a canary
+# that an LB took out for failing answers is out of every LB.
+FAST_POLL = 0.1
+# How often the operator's commands are read while a canary takes requests.
+COMMAND_POLL = 0.5
 
 
 def __virtual__():
@@ -212,6 +217,38 @@ class _Renewal:
                 log.warning("cabify controller: renewing session %s failed: %s", self.session, err)
 
 
+class _Latencies:
+    """The canary's response times on every LB since SINCE (HAProxy's request log,
+    through Salt), fetched every INTERVAL s in a thread of their own: the fast reads
+    of the counters never wait for them."""
+
+    def __init__(self, release: Release, since: float, interval: float):
+        self.release, self.since, self.interval = release, since, interval
+        self.found: dict[str, list[float]] = {}
+        self.fetched = 0.0
+        self.thread: threading.Thread | None = None
+
+    def _fetch(self) -> None:
+        try:
+            answers = _salt(self.release.lbs, "cabify_lb.request_latencies", [self.release.pool, self.since])
+        except CommandExecutionError as err:
+            log.warning("cabify controller: reading the LBs' request logs: %s", err)
+            return
+        merged: dict[str, list[float]] = {}
+        for per_role in answers.values():
+            for role, values in (per_role or {}).items():
+                merged.setdefault(role, []).extend(values)
+        self.found = merged
+
+    def get(self) -> dict[str, list[float]]:
+        now = time.monotonic()
+        if now - self.fetched >= self.interval and (self.thread is None or not self.thread.is_alive()):
+            self.fetched = now
+            self.thread = threading.Thread(target=self._fetch, daemon=True)
+            self.thread.start()
+        return self.found
+
+
 class Release:
     """One fleet release of a pool: its lock, journal, record and progress."""
 
@@ -255,6 +292,9 @@ class Release:
             "phase": "planning",
         }
         self.stops = __utils__["cabify_tasks.background"]()
+        self.pages: dict[str, str | None] = {}
+        self.live: dict[str, Any] = {}
+        self.before_canaries: dict[str, dict] = {}
         self._bus = None
         self.webhooks: list[str] = list((request.get("release_settings") or {}).get("webhooks") or [])
         self.notices: queue.Queue = queue.Queue()
@@ -395,13 +435,17 @@ class Release:
 
     def released(self) -> None:
         """What this release set becomes the pool's version in pillar (ext_pillar
-        cabify_released): a plain highstate keeps it."""
+        cabify_released), with the env and canary settings it was given (or those of
+        the release before): a plain highstate keeps it."""
         _, entry = self.consul.kv.get(_kv("released", self.pool))
         before = _kv("decode", (entry or {}).get("Value")) or {}
-        env = self.request.get("env")
         value = {"version": self.version, "release": self.id, "at": _now()}
-        if env is not None or isinstance(before.get("env"), dict):
-            value["env"] = env if env is not None else before["env"]
+        for key in ("env", "canary"):
+            asked = self.request.get(key)
+            if asked or (key == "env" and asked is not None):  # an empty env is one; no canary is none
+                value[key] = asked
+            elif isinstance(before.get(key), dict):
+                value[key] = before[key]
         self.put(_kv("released", self.pool), value)
 
     def run(self, body) -> dict:
@@ -471,16 +515,20 @@ class Release:
                 "address": f"{n['Service']['Address']}:{n['Service']['Port']}",
                 "weight": (n["Service"].get("Weights") or {}).get("Passing"),
                 "node": n["Node"]["Node"],
+                "role": "canary" if "canary" in (n["Service"].get("Tags") or []) else "stable",
             }
             for n in nodes
         }
 
-    def barrier(self, timeout: float, must_pass: list[str] = ()) -> float:
+    def barrier(self, timeout: float, must_pass: list[str] = (), watch=None) -> float:
         """Wait until every LB's servers agree with Consul (and MUST_PASS pass there);
-        the seconds it took. Raises naming the LBs that are late after TIMEOUT."""
+        the seconds it took. Raises naming the LBs that are late after TIMEOUT, or what
+        WATCH (called at each round) raises."""
         started = time.monotonic()
         said = None
         while True:
+            if watch is not None:
+                watch()
             passing = self.instances()
             late = {"consul": [f"{n} not passing" for n in must_pass if n not in passing]}
             if not late["consul"]:
@@ -503,7 +551,7 @@ class Release:
 
     # --- steps ------------------------------------------------------------------------------
 
-    def start(self, host: str, part: dict, count: int) -> list[str]:
+    def start(self, host: str, part: dict, count: int, role: str = "stable") -> list[str]:
         names = []
         settings = part["settings"]
         for _ in range(count):
@@ -513,7 +561,7 @@ class Release:
                 [
                     self.pool,
                     self.version,
-                    "stable",
+                    role,
                     part["env"],
                     settings.get("resources"),
                     settings["network"],
@@ -526,9 +574,11 @@ class Release:
             self.save()
         return names
 
-    def wait_healthy(self, new: dict[str, list[str]], settings: dict, crash_on_restart: bool = True) -> None:
+    def wait_healthy(
+        self, new: dict[str, list[str]], settings: dict, crash_on_restart: bool = True, watch=None
+    ) -> None:
         """NEW (names by host) pass their checks (each host watches its own for a
-        crash), then every LB has them UP, for MIN_HEALTHY_TIME."""
+        crash), then every LB has them UP, for MIN_HEALTHY_TIME (WATCH: see barrier)."""
         deadline = float(settings["healthy_deadline"])
         _each(
             [
@@ -545,23 +595,28 @@ class Release:
             ]
         )
         names = [n for found in new.values() for n in found]
-        waited = self.barrier(deadline, names)
+        waited = self.barrier(deadline, names, watch)
         self.progress("barrier", replicas=names, seconds=waited)
         hold = float(settings["min_healthy_time"])
         if hold > 0:
             held_since = time.monotonic()
             while time.monotonic() - held_since < hold:
-                self.barrier(deadline, names)
+                self.barrier(deadline, names, watch)
                 time.sleep(BARRIER_POLL)
 
-    def drain(self, old: dict[str, list[str]], drain_timeout: float, stop_now: bool = False) -> dict:
+    def drain(
+        self, old: dict[str, list[str]], drain_timeout: float, stop_now: bool = False, on_every_lb=None
+    ) -> dict:
         """OLD (names by host) out of service with no failed request: drained on every
-        LB, deregistered on their hosts, waited for until every LB shows 0 sessions on
-        them (DRAIN_TIMEOUT at most), then stopped (in the background unless STOP_NOW)."""
+        LB (then ON_EVERY_LB is called), deregistered on their hosts, waited for until
+        every LB shows 0 sessions on them (DRAIN_TIMEOUT at most), then stopped (in the
+        background unless STOP_NOW)."""
         names = [n for found in old.values() for n in found]
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
         slots = _salt(self.lbs, "cabify_lb.drain_servers", [self.pool, addresses]) if addresses else {}
+        if on_every_lb is not None:
+            on_every_lb()
         _each(
             [
                 (_salt, [host], "cabify_pool.deregister", [self.pool, found], {"fence": self.fence})
@@ -723,28 +778,377 @@ class Release:
             raise CommandExecutionError(f"recovery of release {dead['id']}: {summary}")
         return {"reverted": dead["id"], "summary": summary}
 
+    # --- canary -----------------------------------------------------------------------------
+
+    def canary(self) -> dict:
+        """A canary across the fleet: CANARY's replicas (round the app hosts) get each
+        step's share of the requests, weighted against every stable replica of the
+        catalog, while the figures of every LB, summed, are judged; then the new
+        version rolls out to the whole pool (its share only rises) and the canaries go.
+        A broken threshold, a canary that any LB took out, an error or the operator's
+        abort takes the canaries out of every LB at once and ends the release."""
+        parts = self.parts(role="stable")
+        first = parts[self.apps[0]]
+        specs = {host: part["spec"] for host, part in parts.items()}
+        if len(set(specs.values())) > 1:
+            raise CommandExecutionError(
+                f"the app hosts' pillar gives version {self.version} different replicas: {specs}"
+            )
+        spec = specs[self.apps[0]]
+        wanted = {**(first["settings"].get("canary") or {}), **(self.request.get("canary") or {})}
+        settings = _salt([self.apps[0]], "cabify_release.check_canary", [wanted])[self.apps[0]]
+        release = {**first["settings"]["release"], "drain_timeout": float(first["settings"]["drain_timeout"])}
+        self.prepare()
+        stable = [i for i in self.instances().values() if i["role"] == "stable"]
+        if not stable:
+            raise CommandExecutionError(
+                f"a canary of pool {self.pool} needs stable replicas passing in Consul"
+            )
+        count = int(settings["replicas"])
+        hosts = [self.apps[i % len(self.apps)] for i in range(count)]
+        counts = {"new": count, "old": len(stable)}
+        self.record["canary"] = {"replicas": count, "stable": len(stable), "steps": []}
+        self.save(
+            phase="canary",
+            strategy="canary",
+            step=0,
+            of=len(settings["steps"]),
+            weight=0,
+            started={},
+            drained={},
+            settings=release,
+            record=self.record,
+            before={host: part["keep"] + part["old"] for host, part in parts.items()},
+        )
+        self.progress(
+            "canary-start", replicas=count, stable=len(stable), hosts=hosts, steps=settings["steps"]
+        )
+        self.live = {"release": self.id, "version": self.version, "steps": settings["steps"], "figures": {}}
+        self.canary_state(phase="starting", step=0, weight=0, canaries={})
+        self.pages = self.stats_pages()
+        try:
+            self.canary_steps(
+                settings, spec, counts, {h: (parts[h], hosts.count(h)) for h in set(hosts)}, release
+            )
+        except Exception as err:  # noqa: BLE001 - a threshold, an LB, the operator, a host: the canaries go
+            self.abort_canary(err, release)
+        canaries = {host: list(names) for host, names in self.journal["started"].items()}
+        self.save(phase="promoting")
+        self.canary_state(phase="promoting")
+        self.progress("promoting", canaries=canaries)
+        # The weights stay: every new stable replica joins at the canary's weight (same
+        # spec) and every old one takes its own along, so the new version's share only
+        # rises; a failure reverts the canaries too.
+        rolled = self._roll(self.parts(role="stable"), canaries)
+        self.drain(canaries, release["drain_timeout"])
+        self.wait_stops()
+        self.clear_weights()
+        self.barrier(float(release["healthy_deadline"]))
+        self.canary_state(phase="promoted")
+        self.progress("promoted", canaries=canaries)
+        names = {n for found in canaries.values() for n in found}
+        return {
+            "started": {h: [n for n in found if n not in names] for h, found in rolled["started"].items()},
+            "removed": rolled["removed"] + sorted(names),
+            "canaries": canaries,
+        }
+
+    def canary_steps(
+        self, settings: dict, spec: str, counts: dict, placement: dict[str, tuple], release: dict
+    ) -> None:
+        """Start the canaries (PLACEMENT: host -> (its part, how many)) at the first
+        step's share, then hold each step's share under analysis; then, without
+        ``auto_promote``, wait for the operator's promote."""
+        deadline = float(release["healthy_deadline"])
+        # The stable replicas take their weight first, and each canary is registered
+        # with its own: it never gets more than the first step's share.
+        weights = self.set_share(settings["steps"][0]["weight"], spec, counts)
+        self.barrier(deadline)
+        self.before_canaries = self.counters(self.lb_rows())
+        started = {host: self.start(host, part, count, "canary") for host, (part, count) in placement.items()}
+        self.canary_state(canaries=started)
+        # A canary that fails its first answers is out of every LB at once, even before
+        # it is UP on all of them.
+        self.wait_healthy(started, release, watch=lambda: self.check_canaries("starting", self.lb_rows()))
+        for number, step in enumerate(settings["steps"], start=1):
+            weights = self.set_share(step["weight"], spec, counts)
+            self.barrier(deadline)
+            self.save(step=number, weight=step["weight"], share_given=weights["share"])
+            self.canary_state(
+                phase="analysing", step=number, weight=step["weight"], share_given=weights["share"]
+            )
+            self.progress("step", number=number, weight=step["weight"], given=weights["share"])
+            if self.analyse(f"step {number} (weight {step['weight']}%)", step["pause"], settings, weights):
+                return
+        if not settings["auto_promote"]:
+            self.save(phase="waiting for promote")
+            self.canary_state(phase="waiting for promote")
+            self.progress("waiting", promote_timeout=settings["promote_timeout"])
+            if not self.analyse("waiting", settings["promote_timeout"], settings, weights, until="promote"):
+                raise CommandExecutionError(
+                    f"not promoted within promote_timeout {settings['promote_timeout']}s"
+                )
+
+    def canary_state(self, **changes: Any) -> None:
+        """The canary's live state (``cabify/canary/<pool>/state``, what ``cabify.status``
+        shows as ``canary``): phase, step, weight, the figures, the canaries."""
+        self.live.update(changes)
+        self._quietly("publishing the canary's state", self.put, _kv("canary_state", self.pool), self.live)
+
+    def stats_pages(self) -> dict[str, str | None]:
+        """Where the controller reads each LB's figures (``cabify_lb.stats_url``); an LB
+        whose stats page this master cannot reach is read through Salt (slower)."""
+        pages: dict[str, str | None] = {}
+        for lb, url in _salt(self.lbs, "cabify_lb.stats_url").items():
+            try:
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - http, from the LB's pillar
+                    pages[lb] = url
+            except (OSError, ValueError) as err:
+                log.warning("cabify controller: %s's stats page %s: %s: read through Salt", lb, url, err)
+                pages[lb] = None
+        return pages
+
+    def lb_rows(self) -> dict[str, list[dict]]:
+        """Each LB's server rows of the pool, from its stats page (or through Salt)."""
+
+        def read(lb: str) -> list[dict]:
+            text = None
+            if self.pages.get(lb):
+                try:
+                    with urllib.request.urlopen(self.pages[lb], timeout=1) as resp:  # noqa: S310
+                        text = resp.read().decode()
+                except (OSError, ValueError) as err:
+                    log.warning("cabify controller: %s's stats page: %s", lb, err)
+            if text is None:
+                text = _salt([lb], "cabify_lb.command", ["show stat"])[lb]
+            return __utils__["cabify_analysis.stat_rows"](text, self.pool)
+
+        return dict(zip(self.lbs, _each([(read, lb) for lb in self.lbs]), strict=True))
+
+    def set_share(self, share: float, spec: str, counts: dict) -> dict:
+        """The replicas of SPEC get SHARE percent of the requests beside the others
+        (COUNTS: ``{"new", "old"}`` replicas), weights computed here and applied by
+        every app host to its own replicas' registrations."""
+        try:
+            split = __utils__["cabify_weights.split"](share, counts["new"], counts["old"])
+        except ValueError as err:
+            raise CommandExecutionError(f"canary:steps: weight {err}") from None
+        weights = {
+            **{k: split[k] for k in ("new", "old", "asked", "share")},
+            "spec": spec,
+            "release": self.id,
+        }
+        self.put(_kv("weights", self.pool), weights)
+        _salt(self.apps, "cabify_pool.apply_weights", [self.pool])
+        return weights
+
+    def clear_weights(self) -> None:
+        """Every replica back to one weight (nothing when no weights are stored)."""
+        _, entry = self.consul.kv.get(_kv("weights", self.pool))
+        if entry is not None:
+            self.consul.kv.delete(_kv("weights", self.pool))
+            _salt(self.apps, "cabify_pool.apply_weights", [self.pool])
+
+    def analyse(
+        self, label: str, seconds: float, settings: dict, weights: dict, until: str = ""
+    ) -> str | None:
+        """Hold the canary's share for SECONDS (longer while inconclusive, up to
+        ``inconclusive_limit``; or until the operator's promote with UNTIL) while every
+        LB's figures are read every FAST_POLL s: a canary that an LB holds DOWN, or a
+        threshold broken by the figures summed over every LB, raises at once. Returns
+        ``promote`` when the operator asked for it."""
+        analysis = settings["analysis"]
+        baseline = self.counters(self.lb_rows())
+        since, started = time.time(), time.monotonic()
+        end = started + float(seconds)
+        limit = end + float(analysis["inconclusive_limit"])
+        latencies = _Latencies(self, since, float(analysis["interval"]))
+        said = asked_at = 0.0
+        while True:
+            now = time.monotonic()
+            if now - asked_at >= COMMAND_POLL:
+                asked_at = now
+                asked = self.command()
+                if asked == "abort":
+                    raise CommandExecutionError("aborted by the operator (cabify.abort)")
+                if asked == "promote":
+                    return asked
+                if asked == "pause":
+                    paused = self.hold_paused(label)
+                    end, limit = end + paused, limit + paused
+                    continue
+            rows = self.lb_rows()
+            self.check_canaries(label, rows, up_before=True)
+            numbers = self.figures(rows, baseline, latencies.get(), weights["share"])
+            broken = __utils__["cabify_analysis.judge"](numbers, analysis)
+            if broken:
+                raise CommandExecutionError(f"{label}: {broken}")
+            if now - said >= float(analysis["interval"]):
+                said = now
+                self.canary_state(figures={k: numbers[k] for k in ("stable", "canary", "share", "lbs")})
+                self.progress("analysis", label=label, figures=numbers)
+            if now >= end and not until:
+                if __utils__["cabify_analysis.conclusive"](numbers, analysis):
+                    self.record["canary"]["steps"].append(
+                        {"label": label, "started_at": since, "ended_at": time.time(), "figures": numbers}
+                    )
+                    return None
+                if now > limit:
+                    raise CommandExecutionError(
+                        f"{label} inconclusive: the canary had {numbers['canary']['requests']} request(s) in "
+                        f"{now - started:.0f}s, fewer than min_requests {analysis['min_requests']}"
+                    )
+            if until and now >= end:
+                return None
+            time.sleep(FAST_POLL)
+
+    def counters(self, rows: dict[str, list[dict]]) -> dict[str, dict]:
+        """Each LB's counters by role (see cabify_analysis.role_counters)."""
+        return {lb: __utils__["cabify_analysis.role_counters"](found) for lb, found in rows.items()}
+
+    def check_canaries(self, label: str, rows: dict[str, list[dict]], up_before: bool = False) -> None:
+        """Raise when an LB holds a canary DOWN (ROWS: each LB's stats) and the canaries
+        failed answers since they started: HAProxy took it out at its first failing
+        ones. UP_BEFORE: the canaries were UP on every LB, so DOWN is enough."""
+        out = {lb: found for lb, r in rows.items() if (found := __utils__["cabify_analysis.canaries_out"](r))}
+        if not out:
+            return
+        now = self.counters(rows)
+        failed = sum(
+            now[lb].get("canary", {}).get("errors", 0)
+            - self.before_canaries.get(lb, {}).get("canary", {}).get("errors", 0)
+            for lb in now
+        )
+        if failed <= 0 and not up_before:
+            return
+        self.record["canary"]["taken_out"] = {"lbs": out, "at": _now(), "failed_answers": failed}
+        raise CommandExecutionError(
+            f"{label}: HAProxy took the canary out on "
+            + ", ".join(f"{lb} ({', '.join(found)})" for lb, found in sorted(out.items()))
+            + f": its answers or checks failed ({failed} failed answer(s) since it started)"
+        )
+
+    def figures(self, rows: dict[str, list[dict]], baseline: dict, latencies: dict, share: float) -> dict:
+        """The canary's figures summed over every LB (requests, errors, error rate,
+        p50/p99, the measured share), and each LB's own (``lbs``)."""
+        counters = self.counters(rows)
+        summed: dict[str, dict] = {}
+        summed_base: dict[str, dict] = {}
+        for source, target in ((counters, summed), (baseline, summed_base)):
+            for per_role in source.values():
+                for role, found in per_role.items():
+                    into = target.setdefault(role, {"requests": 0, "errors": 0})
+                    into["requests"] += found["requests"]
+                    into["errors"] += found["errors"]
+        numbers = __utils__["cabify_analysis.figures"](summed, summed_base, latencies, share)
+        numbers["lbs"] = {}
+        for lb, found in counters.items():
+            own = __utils__["cabify_analysis.figures"](found, baseline.get(lb), {}, share)
+            numbers["lbs"][lb] = {
+                "requests": {role: own[role]["requests"] for role in ("stable", "canary")},
+                "errors": {role: own[role]["errors"] for role in ("stable", "canary")},
+                "share": own["share"]["measured"],
+            }
+        return numbers
+
+    def hold_paused(self, label: str) -> float:
+        """The operator paused the canary: it keeps its share (and is still watched on
+        every LB) until resumed; the seconds it was paused."""
+        began = time.monotonic()
+        phase = self.journal.get("phase")
+        self.save(phase="paused", paused_at=_now())
+        self.progress("paused", at=label)
+        while (asked := self.command()) == "pause":
+            if not self.held():
+                raise CommandExecutionError(f"release {self.id} lost its lock while paused")
+            self.check_canaries(f"{label} (paused)", self.lb_rows(), up_before=True)
+            time.sleep(COMMAND_POLL)
+        if asked == "abort":
+            raise CommandExecutionError("aborted by the operator (cabify.abort)")
+        self.save(phase=phase, paused_at=None)
+        self.progress("resumed", at=label)
+        return time.monotonic() - began
+
+    def abort_canary(self, cause: Exception, release: dict) -> None:
+        """Every canary out of every LB first (drained there: no new request, one Salt
+        call), then out of Consul, waited for, stopped; the weights cleared and every
+        LB agreeing again. Raises CAUSE as the release's failure (saying what of the
+        abort failed, if anything)."""
+        seen = time.monotonic()
+        if not self.held():
+            raise cause
+        reason = f"canary of version {self.version} aborted: {cause}"
+        self.save(phase="aborting")
+        self.canary_state(phase="aborting", reason=str(cause))
+        self.progress("aborting", reason=str(cause))
+        canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
+        problems = []
+        try:
+            if canaries:
+                self.drain(
+                    canaries,
+                    release["drain_timeout"],
+                    on_every_lb=lambda: self.record.update(
+                        abort={
+                            "reason": str(cause),
+                            "out_of_every_lb_after": round(time.monotonic() - seen, 3),
+                        }
+                    ),
+                )
+            self.wait_stops()
+        except Exception as err:  # noqa: BLE001 - said in the failure; recovery finishes it
+            problems.append(f"removing the canaries: {err}")
+        for what, func in (("clearing the weights", self.clear_weights), ("reconciling", self.reconcile)):
+            try:
+                func()
+            except Exception as err:  # noqa: BLE001 - said in the failure
+                problems.append(f"{what}: {err}")
+        self.save(phase="aborted" if not problems else "abort incomplete")
+        self.canary_state(phase="aborted" if not problems else "abort incomplete", weight=0)
+        self.progress("aborted", reason=str(cause), problems=problems, abort=self.record.get("abort"))
+        if problems:
+            raise CommandExecutionError(
+                f"{reason}; the abort is incomplete: {'; '.join(problems)}"
+            ) from cause
+        raise CommandExecutionError(reason) from cause
+
+    def reconcile(self) -> None:
+        _salt(self.apps, "cabify_pool.reconcile", [self.pool])
+
     # --- rolling ----------------------------------------------------------------------------
 
-    def roll(self) -> dict:
-        self.prepare()
+    def parts(self, role: str | None = None) -> dict[str, dict]:
+        """Each app host's part of the release (``cabify_pool.release_plan``; with ROLE,
+        only that role's replicas count), the webhooks of its settings started."""
         parts = _salt(
             self.apps,
             "cabify_pool.release_plan",
             [self.pool, self.version],
-            {"release": self.request.get("release_settings"), "env": self.request.get("env")},
+            {"release": self.request.get("release_settings"), "env": self.request.get("env"), "role": role},
         )
+        self.start_notices(parts[self.apps[0]]["settings"]["release"].get("webhooks"))
+        if not self.record["from"]:
+            self.record["from"] = sorted({v for part in parts.values() for v in part["versions"]})
+        return parts
+
+    def roll(self) -> dict:
+        self.prepare()
+        return self._roll(self.parts())
+
+    def _roll(self, parts: dict[str, dict], canaries: dict[str, list[str]] | None = None) -> dict:
+        """The batches of PARTS, each new replica UP on every LB before an old one is
+        drained on every LB; a failure reverts (the CANARIES of a promotion too)."""
         settings = parts[self.apps[0]]["settings"]["release"]
-        self.start_notices(settings.get("webhooks"))
         drain_timeout = float(parts[self.apps[0]]["settings"]["drain_timeout"])
-        self.record["from"] = sorted({v for part in parts.values() for v in part["versions"]})
         batches = __utils__["cabify_plan.fleet_batches"](
             parts, settings["max_parallel"], bool(settings.get("host_by_host"))
         )
+        started: dict[str, list[str]] = {host: list(names) for host, names in (canaries or {}).items()}
         self.save(
             phase="rolling",
             batches=batches,
             batch=0,
-            started={},
+            started=started,
             drained={},
             settings={**settings, "drain_timeout": drain_timeout},
             record=self.record,
@@ -756,7 +1160,6 @@ class Release:
                 _salt(
                     [host], "cabify_pool.drain", [self.pool, name], {"drain_timeout": 0, "fence": self.fence}
                 )
-        started: dict[str, list[str]] = {}
         drained: dict[str, dict] = {}
         for number, batch in enumerate(batches, start=1):
             self.save(batch=number, of=len(batches))
@@ -860,6 +1263,10 @@ class Release:
             _salt(self.apps, "cabify_pool.reconcile", [self.pool])
         except Exception as err:  # noqa: BLE001 - reported
             problems.append(f"reconciling: {err}")
+        try:
+            self.clear_weights()
+        except Exception as err:  # noqa: BLE001 - reported
+            problems.append(f"clearing a canary's weights: {err}")
         summary = f"removed {removed} new replica(s), gave back {restored} old one(s)"
         self.progress("reverted", summary=summary, problems=problems)
         return summary + (f"; incomplete: {'; '.join(problems)}" if problems else "")
@@ -902,6 +1309,34 @@ def rolling(
     """
     request = {"release_settings": settings or {}, "env": env, "trigger": trigger}
     return _outcome(pool, version, "rolling", request, "roll")
+
+
+def canary(
+    pool: str,
+    version: str,
+    settings: dict | None = None,
+    env: dict | None = None,
+    canary: dict | None = None,
+    trigger: str | None = None,
+) -> dict:
+    """
+    A canary release of POOL to VERSION across the fleet, under the pool's lock, with
+    its journal, recorded in history. CANARY overrides the pool's canary settings
+    (``replicas``, ``steps`` of ``weight`` and ``pause``, ``analysis``,
+    ``auto_promote``, ``promote_timeout``), SETTINGS its release settings (the
+    promotion is a rolling release), ENV the replicas' environment. The canaries' share
+    is weighted against every stable replica in the catalog; each step's figures are
+    those of every LB, summed. A canary that any LB takes out for failing answers is
+    out of every LB within a Salt call (about half a second), and the release ends.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify_controller.canary cabify 2 canary='{steps: [{weight: 20, pause: 30}]}'
+    """
+    request = {"release_settings": settings or {}, "env": env, "canary": canary or {}, "trigger": trigger}
+    return _outcome(pool, version, "canary", request, "canary")
 
 
 def _outcome(pool: str, version: str, strategy: str, request: dict, body: str) -> dict:

@@ -2,7 +2,9 @@
 The canary analysis: live figures of both roles from HAProxy's counters and request
 log, and the judgement of a step (pass, fail with a reason, or inconclusive).
 
-Pure computation on what the HAProxy module read: no service is asked anything.
+Pure computation on what HAProxy said (its ``show stat`` CSV, read on the runtime API
+by the HAProxy module or from the stats page by the release controller): no service
+is asked anything.
 """
 
 from __future__ import annotations
@@ -18,6 +20,48 @@ DEFAULTS = {
     "interval": 5,  # seconds between two readings of the figures
     "inconclusive_limit": 60,  # seconds an inconclusive step may wait before it aborts
 }
+
+
+def stat_rows(csv_text: str, backend: str) -> list[dict]:
+    """The server rows of BACKEND in HAProxy's stats CSV (``show stat``, ``/stats;csv``)."""
+    lines = csv_text.splitlines()
+    header = lines[0].lstrip("# ").split(",") if lines else []
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    return [r for r in rows if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")]
+
+
+def role_of(row: dict) -> str:
+    """The role of a server row: its server-template's prefix (``stable``, ``canary``)."""
+    return row["svname"].rstrip("0123456789")
+
+
+def role_counters(rows: list[dict]) -> dict[str, dict]:
+    """Cumulative counters of server ROWS summed by role: requests sent to them, and
+    errors (5xx answers, response errors and attempts that HAProxy retried on another
+    server)."""
+
+    def number(row: dict, key: str) -> int:
+        return int(row.get(key) or 0)
+
+    out: dict[str, dict] = {}
+    for row in rows:
+        answered = sum(number(row, f"hrsp_{k}") for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
+        failed = number(row, "wretr") + number(row, "eresp")
+        totals = out.setdefault(role_of(row), {"requests": 0, "errors": 0})
+        totals["requests"] += answered + failed
+        totals["errors"] += number(row, "hrsp_5xx") + failed
+    return out
+
+
+def canaries_out(rows: list[dict]) -> list[str]:
+    """The canary servers (``slot address``) of ROWS that HAProxy holds DOWN: their
+    checks failed, or their answers did (``observe layer7`` marks a canary down at its
+    first failing response, see the haproxy formula)."""
+    return [
+        f"{row['svname']} {row['addr']}"
+        for row in rows
+        if role_of(row) == "canary" and row.get("addr") and row.get("status", "").startswith("DOWN")
+    ]
 
 
 def defaults() -> dict:

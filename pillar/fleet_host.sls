@@ -8,7 +8,8 @@
     - App hosts: replicas published on the host's address; images pulled by digest
       from the registry on the machine (the network's gateway), which their dockerd
       reaches over plain HTTP.
-    - LB hosts: each pool's stable slots derived from its replicas on every app host
+    - LB hosts: the stats page on the host's address, for the master's controller;
+      each pool's stable slots derived from its replicas on every app host
       plus a release's surge (max_parallel new replicas on each app host at once, the
       most a release run host by host, or all at once, adds). -#}
 {%- import_yaml "fleet.sls" as fleet %}
@@ -56,6 +57,10 @@ cabify:
 {%- endif %}
 {%- if "lb" in me.roles %}
 haproxy:
+  {#- The master's release controller reads each LB's figures on its stats page many
+      times a second while a canary runs (cabify_lb.stats_url). #}
+  stats:
+    bind: {{ me.address }}
   backends:
 {%-   for name, pool in stack.cabify.pools | dictsort %}
     {{ name }}:

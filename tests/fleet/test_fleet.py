@@ -41,10 +41,10 @@ MAX_IDLE = 4.5
 
 
 @contextlib.contextmanager
-def load_through(*lbs: str):
+def load_through(*lbs: str, keep_samples: bool = False):
     """A load of 8 keep-alive connections through each of LBS, checked when it ends:
-    no failed request and no stall."""
-    clients = [LoadClient(host=address(lb), **LOAD) for lb in lbs]
+    no failed request and no stall (KEEP_SAMPLES: each answer's time and version)."""
+    clients = [LoadClient(host=address(lb), keep_samples=keep_samples, **LOAD) for lb in lbs]
     with contextlib.ExitStack() as stack:
         for client in clients:
             stack.enter_context(client)

@@ -1,7 +1,9 @@
 """Fleet releases decided by the release controller on the master, under load through
 both LBs: a rolling release over every app host that drains to zero sessions on every
-LB (a slow request in flight completes), and a release that fails on the second host,
-reverted on every host."""
+LB (a slow request in flight completes), a release that fails on the second host,
+reverted on every host, pause and resume, one release per KV change, a controller
+killed mid-way; a canary whose share holds through each LB, and a canary answering 500
+out of every LB within 2 s."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tests.fleet.conftest import (
     fleet_consul,
     fleet_history,
     fleet_kv,
+    haproxy_stats,
     host_run,
     pool_serves_everywhere,
     state_results,
@@ -260,3 +263,122 @@ def test_a_release_whose_controller_is_killed_mid_way_is_reverted_by_the_master(
     status = salt_run_cli.run("cabify.status", "cabify").data
     assert status["journal"] is None and status["release_running"] is None, status
     assert status["last_release"]["recovering"] == dead, status["last_release"]
+
+
+# --- canaries across the fleet ------------------------------------------------------------
+
+
+def canary_release(salt_run_cli, version: str, canary: dict, env: dict | None = None, **settings):
+    """orch.canary of pool cabify to VERSION: the release controller's record."""
+    pillar = {
+        "release": {"pool": "cabify", "version": version, "settings": FAST | settings, "canary": canary}
+    }
+    if env is not None:
+        pillar["release"]["env"] = env
+    ret = salt_run_cli.run("state.orchestrate", "orch.canary", pillar=pillar)
+    steps = list((ret.data or {}).get("data", {}).values()) if isinstance(ret.data, dict) else []
+    step = next(iter(steps[0].values())) if steps else {}
+    return ret, (step.get("changes") or {}).get("return") or {}
+
+
+def test_a_canary_at_20_percent_holds_its_share_through_each_lb_then_is_promoted(
+    fleet, fleet_cli, salt_run_cli, versions
+):
+    """One canary beside the 9 stable replicas of 3 hosts (weights from the catalog):
+    through each LB, as the LB counted and as its clients saw it, the canary answers
+    20 % (±2 points) of the requests of its step; then the new version is everywhere."""
+    _, other = versions
+    canary = {"replicas": 1, "steps": [{"weight": 20, "pause": 10}], "analysis": {"interval": 2}}
+    clock = time.time() - time.monotonic()
+    with load_through(*LB_HOSTS, keep_samples=True) as clients:
+        ret, record = canary_release(salt_run_cli, other, canary, max_parallel=3)
+        served_more(clients)
+    assert ret.returncode == 0, f"orch.canary to {other}: {record.get('reason') or ret.stderr[-2000:]}"
+    assert record["result"] == "succeeded" and record["strategy"] == "canary", record
+    assert record["canary"]["stable"] == POOL_TOTAL, record["canary"]
+    (step,) = record["canary"]["steps"]
+    figures = step["figures"]
+    assert abs(figures["share"]["measured"] - 20) <= 2, figures["share"]
+    for lb, client in zip(LB_HOSTS, clients, strict=True):
+        counted = figures["lbs"][lb]
+        assert abs(counted["share"] - 20) <= 2, f"{lb} counted {counted}"
+        seen = [v for t, _, v in client.samples if step["started_at"] + 0.5 <= t + clock <= step["ended_at"]]
+        assert len(seen) >= 200, f"{lb}: only {len(seen)} answers in the step"
+        share = 100 * sum(v == other for v in seen) / len(seen)
+        assert abs(share - 20) <= 2, f"through {lb}, the canary answered {share:.1f} % of {len(seen)}"
+    assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
+    assert fleet_kv("cabify/weights/cabify") is None, "the canary's weights stayed"
+    assert pool_serves_everywhere(), "both LBs serve every replica after the promotion"
+
+
+class CanaryWatch:
+    """Each LB's canary servers, as the LB itself counts them, read on its stats page
+    every 50 ms: when the first failing answer was counted on any LB, and when any LB
+    last sent a canary a request."""
+
+    def __init__(self):
+        self.first_failure: float | None = None
+        self.last_request: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _canary(lb: str) -> tuple[int, int]:
+        rows = haproxy_stats(lb)
+        numbers = [
+            (
+                sum(int(r.get(f"hrsp_{k}") or 0) for k in ("1xx", "2xx", "3xx", "4xx", "5xx", "other"))
+                + int(r.get("wretr") or 0)
+                + int(r.get("eresp") or 0),
+                int(r.get("hrsp_5xx") or 0) + int(r.get("eresp") or 0) + int(r.get("wretr") or 0),
+            )
+            for r in rows
+            if r["svname"].startswith("canary")
+        ]
+        return sum(n[0] for n in numbers), sum(n[1] for n in numbers)
+
+    def _run(self) -> None:
+        before = {lb: self._canary(lb) for lb in LB_HOSTS}
+        while not self.stop.is_set():
+            for lb in LB_HOSTS:
+                requests, failed = self._canary(lb)
+                now = time.monotonic()
+                if requests > before[lb][0]:
+                    self.last_request[lb] = now
+                if failed > before[lb][1] and self.first_failure is None:
+                    self.first_failure = now
+                before[lb] = (requests, failed)
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_canary_answering_500_is_out_of_every_lb_within_2_seconds(fleet, fleet_cli, salt_run_cli, versions):
+    """A canary whose answers are all 500: each LB takes it out at its first failing
+    answer (retried on a stable replica: no client sees it), and the controller takes
+    it out of every LB and aborts. From the first failing answer any LB counted to the
+    last request any LB sent the canary: at most 2 s. The stable version serves on."""
+    running, other = versions
+    canary = {"replicas": 1, "steps": [{"weight": 20, "pause": 30}]}
+    with load_through(*LB_HOSTS) as clients, CanaryWatch() as watch:
+        ret, record = canary_release(salt_run_cli, other, canary, env={"FAULT": "http500"})
+        served_more(clients)
+    assert ret.returncode != 0, "a canary answering 500 was promoted"
+    assert record["result"] == "failed" and "took the canary out" in record["reason"], record.get("reason")
+    assert watch.first_failure is not None, "no LB counted a failing answer of the canary"
+    assert watch.last_request, "no LB sent the canary a request"
+    took = max(watch.last_request.values()) - watch.first_failure
+    assert took <= 2.0, (
+        f"the canary had requests {took:.2f}s after its first failing answer "
+        f"(the controller: {record.get('abort')})"
+    )
+    assert record["abort"]["out_of_every_lb_after"] <= 2.0, record["abort"]
+    assert serves_only(fleet_cli, running), versions_by_host(fleet_cli)
+    assert fleet_kv("cabify/weights/cabify") is None, "the canary's weights stayed"
+    assert pool_serves_everywhere(), "both LBs serve every replica after the abort"

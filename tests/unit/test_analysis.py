@@ -36,3 +36,34 @@ def test_figures_count_from_the_baseline_and_measure_the_share():
 def test_percentile_of_nothing_is_none():
     assert analysis.percentile([], 0.99) is None
     assert analysis.percentile([1.0, 2.0], 0.5) == 2.0
+
+
+STATS = """# pxname,svname,status,addr,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,wretr,eresp
+cabify,FRONTEND,OPEN,,0,900,0,0,0,0,,
+cabify,stable1,UP,10.213.0.11:32768,0,400,0,1,0,0,0,0
+cabify,stable2,UP,10.213.0.12:32768,0,380,0,0,2,0,1,0
+cabify,stable3,MAINT,,0,0,0,0,0,0,0,0
+cabify,canary1,DOWN,10.213.0.13:32770,0,90,0,0,7,0,0,1
+cabify,canary2,MAINT,,0,50,0,0,0,0,0,0
+cabify,BACKEND,UP,,0,920,0,1,9,0,1,1
+shop,stable1,UP,10.213.0.11:32800,0,10,0,0,0,0,0,0
+"""
+
+
+def test_the_stats_csv_gives_each_server_row_of_the_backend():
+    rows = analysis.stat_rows(STATS, "cabify")
+    assert [r["svname"] for r in rows] == ["stable1", "stable2", "stable3", "canary1", "canary2"]
+    assert [analysis.role_of(r) for r in rows] == ["stable"] * 3 + ["canary"] * 2
+
+
+def test_role_counters_count_retried_attempts_and_response_errors_as_errors():
+    counters = analysis.role_counters(analysis.stat_rows(STATS, "cabify"))
+    assert counters == {
+        "stable": {"requests": 784, "errors": 3},
+        "canary": {"requests": 148, "errors": 8},
+    }
+
+
+def test_a_canary_held_down_with_an_address_is_out_and_an_empty_slot_is_not():
+    assert analysis.canaries_out(analysis.stat_rows(STATS, "cabify")) == ["canary1 10.213.0.13:32770"]
+    assert analysis.canaries_out(analysis.stat_rows(STATS, "shop")) == []
