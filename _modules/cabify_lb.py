@@ -91,18 +91,7 @@ def servers(backend: str) -> dict[str, dict]:
 
         salt-call cabify_lb.servers cabify
     """
-    return {
-        row["addr"]: {
-            "name": row["svname"],
-            "role": __utils__["cabify_analysis.role_of"](row),
-            "state": row["status"],
-            "up": row["status"] == "UP" or row["status"].startswith("UP "),
-            "weight": int(row.get("uweight") or row.get("weight") or 0),
-            "sessions": int(row.get("scur") or 0),
-        }
-        for row in _rows(backend)
-        if row.get("addr")
-    }
+    return __utils__["cabify_analysis.servers"](_rows(backend))
 
 
 def server(backend: str, address: str, port: int) -> dict | None:
@@ -239,24 +228,9 @@ def agreement(backend: str, expected: dict[str, int | None]) -> list[str]:
 
         salt-call cabify_lb.agreement cabify '{"10.213.0.11:32768": 1}'
     """
-    found = servers(backend)
-    problems = []
-    for address, weight in sorted(expected.items()):
-        server = found.get(address)
-        if server is None:
-            hint = f" (the slots hold {len(found)} servers for {len(expected)}: none free?)"
-            problems.append(f"{address} missing" + (hint if len(found) >= len(expected) else ""))
-            continue
-        if server["state"].startswith("DRAIN"):
-            set_state(backend, server["name"], "ready")
-            server = {**server, "up": True}
-        if not server["up"]:
-            problems.append(f"{address} {server['state']}")
-        elif weight is not None and server["weight"] != int(weight):
-            problems.append(f"{address} weight {server['weight']}, not {weight}")
-    for address, server in sorted(found.items()):
-        if address not in expected and server["up"]:
-            problems.append(f"{address} UP but not passing in Consul")
+    problems, drained = __utils__["cabify_analysis.disagreement"](servers(backend), expected)
+    for slot in drained:
+        set_state(backend, slot, "ready")
     return problems
 
 

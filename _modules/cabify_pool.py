@@ -693,9 +693,10 @@ def release_plan(
     """
     This host's part of a fleet release of POOL to VERSION (RELEASE settings and ENV
     override the pool's): the spec the new replicas get, the replicas to keep, how
-    many to start, the running old ones to drain and the stopped ones to clear, and the
-    merged settings. With ROLE, only that role's replicas count (a canary's promotion
-    leaves the canaries to the controller). Changes nothing.
+    many to start, the running old ones to drain (and the spec to start each again
+    like for like), the stopped ones to clear, and the merged settings. With ROLE,
+    only that role's replicas count (a canary's promotion leaves the canaries to the
+    controller). Changes nothing.
 
     CLI Example:
 
@@ -711,6 +712,7 @@ def release_plan(
     spec = __utils__["cabify_plan.spec_hash"](str(version), full_env, merged.get("resources"))
     current = _docker("replicas", pool)
     steps = __utils__["cabify_plan.rolling_plan"](current, spec, int(merged["replicas"]), 1, role)
+    old = [name for batch in steps["batches"] for name in batch["drain"]]
     return {
         "host": __grains__.get("id"),
         "spec": spec,
@@ -718,7 +720,9 @@ def release_plan(
         "settings": merged,
         "keep": steps["keep"],
         "start": sum(batch["start"] for batch in steps["batches"]),
-        "old": [name for batch in steps["batches"] for name in batch["drain"]],
+        "old": old,
+        # What a revert needs to start each old one again like for like.
+        "specs": {name: _docker("clone_spec", name) for name in old},
         "remove_stopped": steps["remove_stopped"],
         "versions": sorted({r["version"] for r in current if r["status"] == "running"}),
     }

@@ -74,8 +74,8 @@ __virtualname__ = "cabify_controller"
 HISTORY_KEEP = 100
 # Seconds a Salt call to a host may take when it only looks or does one quick thing.
 QUICK = 30
-# How often the barrier asks the LBs again.
-BARRIER_POLL = 0.2
+# How often the barrier reads the LBs again.
+BARRIER_POLL = 0.1
 # How often a canary's figures are read on every LB's stats page: how soon a canary
 # that an LB took out for failing answers is out of every LB.
 FAST_POLL = 0.1
@@ -292,7 +292,12 @@ class Release:
             "phase": "planning",
         }
         self.stops = __utils__["cabify_tasks.background"]()
-        self.pages: dict[str, str | None] = {}
+        # A batch's old replicas drain while the next batch starts: one drain at a time.
+        self.drains = __utils__["cabify_tasks.background"]()
+        # Replicas this release drains (name -> address): the barrier leaves them out.
+        self.leaving: dict[str, str] = {}
+        self._told = threading.Lock()
+        self.pages: dict[str, str | None] | None = None
         self.live: dict[str, Any] = {}
         self.before_canaries: dict[str, dict] = {}
         self._bus = None
@@ -307,6 +312,10 @@ class Release:
         state.event 'cabify/release/*'`` follows them), a log line, and a notice for the
         webhooks. Never raises: progress is told, never in the way."""
         log.info("cabify release %s of pool %s: %s %s", self.id, self.pool, step, data)
+        with self._told:
+            self._tell(step, data)
+
+    def _tell(self, step: str, data: dict) -> None:
         try:
             if self._bus is None:
                 self._bus = salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False)
@@ -532,8 +541,15 @@ class Release:
             passing = self.instances()
             late = {"consul": [f"{n} not passing" for n in must_pass if n not in passing]}
             if not late["consul"]:
-                expected = {i["address"]: i["weight"] for i in passing.values()}
-                answers = _salt(self.lbs, "cabify_lb.agreement", [self.pool, expected])
+                # HAProxy's weight is the SRV weight (Consul's Weights.Passing) / 256, rounded up.
+                expected = {
+                    i["address"]: None
+                    if i["weight"] is None
+                    else __utils__["cabify_weights.haproxy_weight"](i["weight"])
+                    for n, i in passing.items()
+                    if n not in self.leaving
+                }
+                answers = self.lb_agreement(expected, ignore=set(self.leaving.values()))
                 late = {lb: problems for lb, problems in answers.items() if problems}
             late = {k: v for k, v in late.items() if v}
             waited = time.monotonic() - started
@@ -614,6 +630,7 @@ class Release:
         names = [n for found in old.values() for n in found]
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
+        self.leaving.update({n: known[n]["address"] for n in names if n in known})
         slots = _salt(self.lbs, "cabify_lb.drain_servers", [self.pool, addresses]) if addresses else {}
         if on_every_lb is not None:
             on_every_lb()
@@ -700,7 +717,9 @@ class Release:
         revert) when aborted."""
         asked = self.command()
         if asked == "pause":
-            # The last batch's old replicas finish stopping first: a paused pool holds still.
+            # The last batch's old replicas finish draining and stopping first: a paused
+            # pool holds still.
+            self.drains.wait()
             self.wait_stops()
             phase = self.journal.get("phase")
             self.save(phase="paused", paused_at=_now())
@@ -825,7 +844,6 @@ class Release:
         )
         self.live = {"release": self.id, "version": self.version, "steps": settings["steps"], "figures": {}}
         self.canary_state(phase="starting", step=0, weight=0, canaries={})
-        self.pages = self.stats_pages()
         try:
             self.canary_steps(
                 settings, spec, counts, {h: (parts[h], hosts.count(h)) for h in set(hosts)}, release
@@ -911,6 +929,9 @@ class Release:
     def lb_rows(self) -> dict[str, list[dict]]:
         """Each LB's server rows of the pool, from its stats page (or through Salt)."""
 
+        if self.pages is None:
+            self.pages = self.stats_pages()
+
         def read(lb: str) -> list[dict]:
             text = None
             if self.pages.get(lb):
@@ -924,6 +945,22 @@ class Release:
             return __utils__["cabify_analysis.stat_rows"](text, self.pool)
 
         return dict(zip(self.lbs, _each([(read, lb) for lb in self.lbs]), strict=True))
+
+    def lb_agreement(self, expected: dict[str, int | None], ignore: set[str] = frozenset()) -> dict:
+        """How each LB's servers differ from EXPECTED (see cabify_lb.agreement), read on
+        its stats page, leaving out the addresses IGNORE (replicas being drained); an
+        LB with a slot that a drain left behind holding an expected server is asked
+        through Salt, which puts that slot back to ready."""
+        answers: dict[str, list[str]] = {}
+        fix = []
+        for lb, rows in self.lb_rows().items():
+            found = {a: s for a, s in __utils__["cabify_analysis.servers"](rows).items() if a not in ignore}
+            answers[lb], drained = __utils__["cabify_analysis.disagreement"](found, expected)
+            if drained:
+                fix.append(lb)
+        for lb, problems in _salt(fix, "cabify_lb.agreement", [self.pool, expected]).items():
+            answers[lb] = [p for p in problems if p.split(" ", 1)[0] not in ignore]
+        return answers
 
     def set_share(self, share: float, spec: str, counts: dict) -> dict:
         """The replicas of SPEC get SHARE percent of the requests beside the others
@@ -1166,56 +1203,58 @@ class Release:
             try:
                 self.gate(number)
                 self.progress("batch", number=number, of=len(batches), units=batch)
-                new: dict[str, list[str]] = {}
-                for host, names in zip(
-                    sorted({u["host"] for u in batch}),
-                    _each(
-                        [
-                            (
-                                self.start,
-                                host,
-                                parts[host],
-                                sum(u["start"] for u in batch if u["host"] == host),
-                            )
-                            for host in sorted({u["host"] for u in batch})
-                        ]
-                    ),
-                    strict=True,
-                ):
-                    new[host] = names
+                hosts = sorted({u["host"] for u in batch})
+                counts = [sum(u["start"] for u in batch if u["host"] == host) for host in hosts]
+                new = dict(
+                    zip(
+                        hosts,
+                        _each([(self.start, h, parts[h], n) for h, n in zip(hosts, counts, strict=True)]),
+                        strict=True,
+                    )
+                )
+                for host, names in new.items():
                     started.setdefault(host, []).extend(names)
                 if any(new.values()):
                     self.wait_healthy(new, settings)
                     self.progress("batch-healthy", number=number, started=new)
+                # The batch before finishes draining (its replicas out of every LB and
+                # of Consul) before this one's old replicas go: one drain at a time,
+                # while the next batch starts.
+                self.drains.wait()
                 self.wait_stops()
-                old = {}
+                old: dict[str, list[str]] = {}
                 for unit in batch:
                     for name in unit["drain"]:
                         old.setdefault(unit["host"], []).append(name)
-                        drained[name] = {
-                            "host": unit["host"],
-                            "spec": _salt([unit["host"]], "cabify_docker.clone_spec", [name])[unit["host"]],
-                        }
+                        drained[name] = {"host": unit["host"], "spec": parts[unit["host"]]["specs"][name]}
                 self.save(drained=drained, started=started)
                 if old:
-                    self.drain(old, drain_timeout)
-            except Exception as err:  # whatever failed, the old version must keep serving
-                self._quietly("stopping drained replicas", self.wait_stops)
-                if not self.held():
-                    raise
-                self.progress("failed", batch=number, reason=str(err))
-                stopped = f"release to version {self.version} stopped at batch {number}: {err}"
-                if settings.get("auto_revert", True):
-                    undone = self.revert(started, drained, {**settings, "drain_timeout": drain_timeout})
-                    raise CommandExecutionError(f"{stopped}; reverted: {undone}") from err
-                raise CommandExecutionError(f"{stopped}; not reverted (auto_revert is off)") from err
-            self.progress(
-                "batch-done", number=number, started=new, drained=[n for u in batch for n in u["drain"]]
-            )
-        self.wait_stops()
+                    self.drains.start(f"draining batch {number}", self.drain, old, drain_timeout)
+                self.progress("batch-done", number=number, started=new, draining=old)
+            except Exception as err:  # noqa: BLE001 - whatever failed, the old version must keep serving
+                self.failed(number, err, started, drained, {**settings, "drain_timeout": drain_timeout})
+        try:
+            self.drains.wait()
+            self.wait_stops()
+        except Exception as err:  # noqa: BLE001 - the last drain failed: revert like any batch
+            self.failed(len(batches), err, started, drained, {**settings, "drain_timeout": drain_timeout})
         _salt(self.apps, "cabify_pool.reconcile", [self.pool])
         self.barrier(float(settings["healthy_deadline"]))
         return {"started": started, "removed": list(drained)}
+
+    def failed(self, number: int, err: Exception, started: dict, drained: dict, settings: dict) -> None:
+        """Batch NUMBER failed with ERR: the drains under way end, then (``auto_revert``)
+        the release is reverted; raises saying so."""
+        self._quietly("finishing the drains", self.drains.wait)
+        self._quietly("stopping drained replicas", self.wait_stops)
+        if not self.held():
+            raise err
+        self.progress("failed", batch=number, reason=str(err))
+        stopped = f"release to version {self.version} stopped at batch {number}: {err}"
+        if settings.get("auto_revert", True):
+            undone = self.revert(started, drained, settings)
+            raise CommandExecutionError(f"{stopped}; reverted: {undone}") from err
+        raise CommandExecutionError(f"{stopped}; not reverted (auto_revert is off)") from err
 
     def revert(self, started: dict[str, list[str]], drained: dict[str, dict], settings: dict) -> str:
         """Undo a release step by step, as a rolling release the other way: one old
@@ -1234,6 +1273,7 @@ class Release:
             if old:
                 name, info = old.pop(0)
                 host = info["host"]
+                self.leaving.pop(name, None)
                 try:
                     back = self._retried(
                         f"giving back {name}",

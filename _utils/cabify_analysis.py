@@ -35,6 +35,51 @@ def role_of(row: dict) -> str:
     return row["svname"].rstrip("0123456789")
 
 
+def servers(rows: list[dict]) -> dict[str, dict]:
+    """The servers of ROWS that have an address, by ``address:port``: slot name, role,
+    state, whether it is ``up`` (``UP``, or ``UP 1/2``: up and serving, one more failed
+    check from down), weight and current sessions."""
+    return {
+        row["addr"]: {
+            "name": row["svname"],
+            "role": role_of(row),
+            "state": row["status"],
+            "up": row["status"] == "UP" or row["status"].startswith("UP "),
+            "weight": int(row.get("uweight") or row.get("weight") or 0),
+            "sessions": int(row.get("scur") or 0),
+        }
+        for row in rows
+        if row.get("addr")
+    }
+
+
+def disagreement(found: dict[str, dict], expected: dict[str, int | None]) -> tuple[list[str], list[str]]:
+    """How an LB's servers FOUND (see :func:`servers`) differ from EXPECTED, what Consul
+    says must serve (``address:port`` to weight; None: any weight): expected servers
+    missing or not UP, servers UP that are not expected, wrong weights. Also the slots
+    that a drain left behind and that DNS gave an expected server: they are to be put
+    back to ready (and count as UP here)."""
+    problems: list[str] = []
+    drained: list[str] = []
+    for address, weight in sorted(expected.items()):
+        server = found.get(address)
+        if server is None:
+            hint = f" (the slots hold {len(found)} servers for {len(expected)}: none free?)"
+            problems.append(f"{address} missing" + (hint if len(found) >= len(expected) else ""))
+            continue
+        if server["state"].startswith("DRAIN"):
+            drained.append(server["name"])
+            server = {**server, "up": True}
+        if not server["up"]:
+            problems.append(f"{address} {server['state']}")
+        elif weight is not None and server["weight"] != int(weight):
+            problems.append(f"{address} weight {server['weight']}, not {weight}")
+    for address, server in sorted(found.items()):
+        if address not in expected and server["up"]:
+            problems.append(f"{address} UP but not passing in Consul")
+    return problems, drained
+
+
 def role_counters(rows: list[dict]) -> dict[str, dict]:
     """Cumulative counters of server ROWS summed by role: requests sent to them, and
     errors (5xx answers, response errors and attempts that HAProxy retried on another

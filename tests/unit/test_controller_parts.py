@@ -28,6 +28,7 @@ def haproxy(monkeypatch) -> dict:
         },
         "set": [],
     }
+    monkeypatch.setattr(lb, "__utils__", utils(), raising=False)
     monkeypatch.setattr(lb, "servers", lambda backend: found["servers"])
     monkeypatch.setattr(lb, "set_state", lambda backend, slot, state: found["set"].append((slot, state)))
     return found
