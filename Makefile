@@ -1,7 +1,7 @@
 # The two commands of this project:
 #   make up    install the Salt virtualenv, start salt-master + salt-minion, converge this host
 #   make test  install what the tests need and run the whole suite against this host
-#   make bench a release under load on the host `make up` set up; figures in bench/results/
+#   make bench releases under load on the host `make up` set up, then on the fleet; figures in bench/results/
 #   make fleet container hosts (pillar/fleet.sls), minions of this machine's master, converged
 #   make fleet-down  removes them
 SHELL       := /bin/bash
@@ -13,7 +13,7 @@ BENCH_VENV  ?= /opt/cabify-salt/bench-venv
 PYTHON      ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: up test bench lint venv bench-venv salt-daemons converge lock clean-daemons fleet fleet-down
+.PHONY: up test bench bench-fleet lint venv bench-venv salt-daemons converge lock clean-daemons fleet fleet-down
 
 up: venv salt-daemons converge
 
@@ -30,11 +30,15 @@ converge: salt-daemons
 	$(VENV)/bin/salt-call --state-output=changes --state-verbose=False saltutil.sync_all >/dev/null
 	$(VENV)/bin/salt-call --state-output=changes --state-verbose=False --retcode-passthrough state.apply
 
-# The benchmarks drive the host `make up` converges (its salt-minion), with their own
-# virtualenv for the plots.
+# The benchmarks drive the host `make up` converges (its salt-minion), then the fleet of
+# `make fleet` (the release controller), with their own virtualenv for the plots.
 bench: up bench-venv
 	PATH=$(VENV)/bin:$$PATH $(BENCH_VENV)/bin/python bench/rolling.py
 	PATH=$(VENV)/bin:$$PATH $(BENCH_VENV)/bin/python bench/canary.py
+	$(MAKE) bench-fleet
+
+bench-fleet: fleet bench-venv
+	PATH=$(VENV)/bin:$$PATH $(BENCH_VENV)/bin/python bench/fleet.py
 
 bench-venv: $(BENCH_VENV)/.installed
 

@@ -549,7 +549,8 @@ class Release:
                     for n, i in passing.items()
                     if n not in self.leaving
                 }
-                answers = self.lb_agreement(expected, ignore=set(self.leaving.values()))
+                # (A leaving replica's address that a new one got since is not left out.)
+                answers = self.lb_agreement(expected, ignore=set(self.leaving.values()) - set(expected))
                 late = {lb: problems for lb, problems in answers.items() if problems}
             late = {k: v for k, v in late.items() if v}
             waited = time.monotonic() - started
@@ -627,6 +628,7 @@ class Release:
         LB (then ON_EVERY_LB is called), deregistered on their hosts, waited for until
         every LB shows 0 sessions on them (DRAIN_TIMEOUT at most), then stopped (in the
         background unless STOP_NOW)."""
+        began = time.monotonic()
         names = [n for found in old.values() for n in found]
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
@@ -652,7 +654,9 @@ class Release:
             if any(by_lb.values())
             else {}
         )
-        self.record.setdefault("drains", []).append({"replicas": names, "lbs": idle})
+        self.record.setdefault("drains", []).append(
+            {"replicas": names, "lbs": idle, "seconds": round(time.monotonic() - began, 2)}
+        )
         self.progress("drained", replicas=names, lbs=idle)
         stop_timeout = 2.0 + (0 if all(i.get("idle") for i in idle.values()) else drain_timeout)
         for host, found in sorted(old.items()):
@@ -1168,9 +1172,18 @@ class Release:
             self.record["from"] = sorted({v for part in parts.values() for v in part["versions"]})
         return parts
 
+    def timed(self, phase: str, func, *args, **kwargs) -> Any:
+        """FUNC's result; the seconds it took add up in the record's ``phases``."""
+        began = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            phases = self.record.setdefault("phases", {})
+            phases[phase] = round(phases.get(phase, 0) + time.monotonic() - began, 2)
+
     def roll(self) -> dict:
-        self.prepare()
-        return self._roll(self.parts())
+        self.timed("prepare", self.prepare)
+        return self._roll(self.timed("plan", self.parts))
 
     def _roll(self, parts: dict[str, dict], canaries: dict[str, list[str]] | None = None) -> dict:
         """The batches of PARTS, each new replica UP on every LB before an old one is
@@ -1198,11 +1211,13 @@ class Release:
                     [host], "cabify_pool.drain", [self.pool, name], {"drain_timeout": 0, "fence": self.fence}
                 )
         drained: dict[str, dict] = {}
+        began = time.monotonic()
         for number, batch in enumerate(batches, start=1):
             self.save(batch=number, of=len(batches))
             try:
                 self.gate(number)
                 self.progress("batch", number=number, of=len(batches), units=batch)
+                began = time.monotonic()
                 hosts = sorted({u["host"] for u in batch})
                 counts = [sum(u["start"] for u in batch if u["host"] == host) for host in hosts]
                 new = dict(
@@ -1216,7 +1231,11 @@ class Release:
                     started.setdefault(host, []).extend(names)
                 if any(new.values()):
                     self.wait_healthy(new, settings)
-                    self.progress("batch-healthy", number=number, started=new)
+                    up = round(time.monotonic() - began, 2)
+                    self.record.setdefault("batches", []).append(
+                        {"number": number, "started": new, "start_to_up": up}
+                    )
+                    self.progress("batch-healthy", number=number, started=new, start_to_up=up)
                 # The batch before finishes draining (its replicas out of every LB and
                 # of Consul) before this one's old replicas go: one drain at a time,
                 # while the next batch starts.
@@ -1233,13 +1252,14 @@ class Release:
                 self.progress("batch-done", number=number, started=new, draining=old)
             except Exception as err:  # noqa: BLE001 - whatever failed, the old version must keep serving
                 self.failed(number, err, started, drained, {**settings, "drain_timeout": drain_timeout})
+        self.record.setdefault("phases", {})["batches"] = round(time.monotonic() - began, 2)
         try:
-            self.drains.wait()
+            self.timed("last drain", self.drains.wait)
             self.wait_stops()
         except Exception as err:  # noqa: BLE001 - the last drain failed: revert like any batch
             self.failed(len(batches), err, started, drained, {**settings, "drain_timeout": drain_timeout})
-        _salt(self.apps, "cabify_pool.reconcile", [self.pool])
-        self.barrier(float(settings["healthy_deadline"]))
+        self.timed("finish", _salt, self.apps, "cabify_pool.reconcile", [self.pool])
+        self.timed("finish", self.barrier, float(settings["healthy_deadline"]))
         return {"started": started, "removed": list(drained)}
 
     def failed(self, number: int, err: Exception, started: dict, drained: dict, settings: dict) -> None:
