@@ -176,7 +176,6 @@ MEMBER_RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "replicas": ("non_negative_int", True),
         "surge": ("non_negative_int", True),
         "canary_slots": ("positive_int", True),
-        "canary_error_limit": ("positive_int", True),
         "health_path": ("url_path", True),
         "timeout_connect": ("haproxy_time", True),
         "timeout_server": ("haproxy_time", True),

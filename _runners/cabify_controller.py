@@ -52,6 +52,7 @@ import queue
 import secrets
 import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -300,6 +301,7 @@ class Release:
         self.pages: dict[str, str | None] | None = None
         self.live: dict[str, Any] = {}
         self.before_canaries: dict[str, dict] = {}
+        self.analysis: dict[str, Any] = {}
         self._bus = None
         self.webhooks: list[str] = list((request.get("release_settings") or {}).get("webhooks") or [])
         self.notices: queue.Queue = queue.Queue()
@@ -621,28 +623,18 @@ class Release:
                 self.barrier(deadline, names, watch)
                 time.sleep(BARRIER_POLL)
 
-    def drain(
-        self, old: dict[str, list[str]], drain_timeout: float, stop_now: bool = False, on_every_lb=None
-    ) -> dict:
+    def drain(self, old: dict[str, list[str]], drain_timeout: float, stop_now: bool = False) -> dict:
         """OLD (names by host) out of service with no failed request: drained on every
-        LB (then ON_EVERY_LB is called), deregistered on their hosts, waited for until
-        every LB shows 0 sessions on them (DRAIN_TIMEOUT at most), then stopped (in the
-        background unless STOP_NOW)."""
+        LB, waited for until every LB shows 0 sessions on them (DRAIN_TIMEOUT at most),
+        deregistered on their hosts, then stopped (in the background unless STOP_NOW).
+        They leave Consul (and so the LBs' DNS) only once idle: a server that leaves
+        DNS shows no sessions any more, whatever it still holds."""
         began = time.monotonic()
         names = [n for found in old.values() for n in found]
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
         self.leaving.update({n: known[n]["address"] for n in names if n in known})
         slots = _salt(self.lbs, "cabify_lb.drain_servers", [self.pool, addresses]) if addresses else {}
-        if on_every_lb is not None:
-            on_every_lb()
-        _each(
-            [
-                (_salt, [host], "cabify_pool.deregister", [self.pool, found], {"fence": self.fence})
-                for host, found in sorted(old.items())
-                if found
-            ]
-        )
         by_lb = {lb: sorted(found.values()) for lb, found in slots.items()}
         idle = (
             _salt(
@@ -653,6 +645,13 @@ class Release:
             )
             if any(by_lb.values())
             else {}
+        )
+        _each(
+            [
+                (_salt, [host], "cabify_pool.deregister", [self.pool, found], {"fence": self.fence})
+                for host, found in sorted(old.items())
+                if found
+            ]
         )
         self.record.setdefault("drains", []).append(
             {"replicas": names, "lbs": idle, "seconds": round(time.monotonic() - began, 2)}
@@ -882,6 +881,7 @@ class Release:
         step's share, then hold each step's share under analysis; then, without
         ``auto_promote``, wait for the operator's promote."""
         deadline = float(release["healthy_deadline"])
+        self.analysis = settings["analysis"]
         # The stable replicas take their weight first, and each canary is registered
         # with its own: it never gets more than the first step's share.
         weights = self.set_share(settings["steps"][0]["weight"], spec, counts)
@@ -932,23 +932,22 @@ class Release:
 
     def lb_rows(self) -> dict[str, list[dict]]:
         """Each LB's server rows of the pool, from its stats page (or through Salt)."""
+        return dict(zip(self.lbs, _each([(self.lb_rows_of, lb) for lb in self.lbs]), strict=True))
 
+    def lb_rows_of(self, lb: str) -> list[dict]:
+        """LB's server rows of the pool, from its stats page (or through Salt)."""
         if self.pages is None:
             self.pages = self.stats_pages()
-
-        def read(lb: str) -> list[dict]:
-            text = None
-            if self.pages.get(lb):
-                try:
-                    with urllib.request.urlopen(self.pages[lb], timeout=1) as resp:  # noqa: S310
-                        text = resp.read().decode()
-                except (OSError, ValueError) as err:
-                    log.warning("cabify controller: %s's stats page: %s", lb, err)
-            if text is None:
-                text = _salt([lb], "cabify_lb.command", ["show stat"])[lb]
-            return __utils__["cabify_analysis.stat_rows"](text, self.pool)
-
-        return dict(zip(self.lbs, _each([(read, lb) for lb in self.lbs]), strict=True))
+        text = None
+        if self.pages.get(lb):
+            try:
+                with urllib.request.urlopen(self.pages[lb], timeout=1) as resp:  # noqa: S310
+                    text = resp.read().decode()
+            except (OSError, ValueError) as err:
+                log.warning("cabify controller: %s's stats page: %s", lb, err)
+        if text is None:
+            text = _salt([lb], "cabify_lb.command", ["show stat"])[lb]
+        return __utils__["cabify_analysis.stat_rows"](text, self.pool)
 
     def lb_agreement(self, expected: dict[str, int | None], ignore: set[str] = frozenset()) -> dict:
         """How each LB's servers differ from EXPECTED (see cabify_lb.agreement), read on
@@ -1048,26 +1047,34 @@ class Release:
         return {lb: __utils__["cabify_analysis.role_counters"](found) for lb, found in rows.items()}
 
     def check_canaries(self, label: str, rows: dict[str, list[dict]], up_before: bool = False) -> None:
-        """Raise when an LB holds a canary DOWN (ROWS: each LB's stats) and the canaries
-        failed answers since they started: HAProxy took it out at its first failing
-        ones. UP_BEFORE: the canaries were UP on every LB, so DOWN is enough."""
-        out = {lb: found for lb, r in rows.items() if (found := __utils__["cabify_analysis.canaries_out"](r))}
-        if not out:
-            return
+        """Raise when the canaries failed more answers since they started (ROWS: each
+        LB's stats, summed) than ``max_error_rate`` x ``min_requests``: no window of
+        ``min_requests`` can pass any more, so the canary fails at once rather than at
+        the next reading. Also when an LB holds a canary DOWN (its checks failed) that
+        failed answers, or that was UP on every LB before (UP_BEFORE)."""
         now = self.counters(rows)
         failed = sum(
             now[lb].get("canary", {}).get("errors", 0)
             - self.before_canaries.get(lb, {}).get("canary", {}).get("errors", 0)
             for lb in now
         )
-        if failed <= 0 and not up_before:
+        budget = float(self.analysis["max_error_rate"]) * float(self.analysis["min_requests"])
+        out = {lb: found for lb, r in rows.items() if (found := __utils__["cabify_analysis.canaries_out"](r))}
+        if failed > budget:
+            why = (
+                f"the canary failed {failed} answer(s) on the LBs since it started, more than "
+                f"max_error_rate x min_requests ({budget:g}): no window of min_requests can pass"
+            )
+        elif out and (failed > 0 or up_before):
+            why = (
+                "an LB holds the canary DOWN: "
+                + ", ".join(f"{lb} ({', '.join(found)})" for lb, found in sorted(out.items()))
+                + f" ({failed} failed answer(s) since it started)"
+            )
+        else:
             return
-        self.record["canary"]["taken_out"] = {"lbs": out, "at": _now(), "failed_answers": failed}
-        raise CommandExecutionError(
-            f"{label}: HAProxy took the canary out on "
-            + ", ".join(f"{lb} ({', '.join(found)})" for lb, found in sorted(out.items()))
-            + f": its answers or checks failed ({failed} failed answer(s) since it started)"
-        )
+        self.record["canary"]["failed"] = {"lbs": out, "at": _now(), "failed_answers": failed}
+        raise CommandExecutionError(f"{label}: {why}")
 
     def figures(self, rows: dict[str, list[dict]], baseline: dict, latencies: dict, share: float) -> dict:
         """The canary's figures summed over every LB (requests, errors, error rate,
@@ -1111,31 +1118,24 @@ class Release:
         return time.monotonic() - began
 
     def abort_canary(self, cause: Exception, release: dict) -> None:
-        """Every canary out of every LB first (drained there: no new request, one Salt
-        call), then out of Consul, waited for, stopped; the weights cleared and every
-        LB agreeing again. Raises CAUSE as the release's failure (saying what of the
-        abort failed, if anything)."""
+        """Every canary out of every LB first (drained on each LB's stats page, a few
+        milliseconds; through Salt where that fails), then out of Consul, waited for,
+        stopped; the weights cleared and every LB agreeing again. Raises CAUSE as the
+        release's failure (saying what of the abort failed, if anything)."""
         seen = time.monotonic()
+        canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
+        if canaries:
+            self.record["abort"] = {"reason": str(cause), **self.canaries_off_every_lb(seen)}
         if not self.held():
             raise cause
         reason = f"canary of version {self.version} aborted: {cause}"
         self.save(phase="aborting")
         self.canary_state(phase="aborting", reason=str(cause))
-        self.progress("aborting", reason=str(cause))
-        canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
+        self.progress("aborting", reason=str(cause), abort=self.record.get("abort"))
         problems = []
         try:
             if canaries:
-                self.drain(
-                    canaries,
-                    release["drain_timeout"],
-                    on_every_lb=lambda: self.record.update(
-                        abort={
-                            "reason": str(cause),
-                            "out_of_every_lb_after": round(time.monotonic() - seen, 3),
-                        }
-                    ),
-                )
+                self.drain(canaries, release["drain_timeout"])
             self.wait_stops()
         except Exception as err:  # noqa: BLE001 - said in the failure; recovery finishes it
             problems.append(f"removing the canaries: {err}")
@@ -1152,6 +1152,43 @@ class Release:
                 f"{reason}; the abort is incomplete: {'; '.join(problems)}"
             ) from cause
         raise CommandExecutionError(reason) from cause
+
+    def canaries_off_every_lb(self, seen: float) -> dict:
+        """Drain every canary slot of the pool on every LB now: on its stats page (the
+        admin form, which the LB allows from the master alone: ``haproxy:stats:admin_from``),
+        or through Salt where that fails. How long after SEEN every LB had them out."""
+        pages = self.pages or {}
+
+        def off(lb: str) -> str:
+            rows = self.lb_rows_of(lb)
+            slots = [
+                r["svname"]
+                for r in rows
+                if __utils__["cabify_analysis.role_of"](r) == "canary" and r.get("addr")
+            ]
+            if slots and pages.get(lb):
+                form = urllib.parse.urlencode(
+                    [("b", self.pool), ("action", "drain"), *(("s", s) for s in slots)]
+                )
+                request = urllib.request.Request(  # noqa: S310 - the http URL of the LB's pillar
+                    pages[lb].split(";", 1)[0], data=form.encode(), method="POST"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=1) as resp:  # noqa: S310 - the LB's own page
+                        if "st=DONE" in resp.url:
+                            return "stats page"
+                        log.warning(
+                            "cabify controller: %s's stats page did not drain the canaries: %s", lb, resp.url
+                        )
+                except (OSError, ValueError) as err:
+                    log.warning("cabify controller: draining the canaries on %s's stats page: %s", lb, err)
+            addresses = [r["addr"] for r in rows if r["svname"] in slots]
+            if addresses:
+                _salt([lb], "cabify_lb.drain_servers", [self.pool, addresses])
+            return "salt"
+
+        ways = dict(zip(self.lbs, _each([(off, lb) for lb in self.lbs]), strict=True))
+        return {"out_of_every_lb_after": round(time.monotonic() - seen, 3), "how": ways}
 
     def reconcile(self) -> None:
         _salt(self.apps, "cabify_pool.reconcile", [self.pool])

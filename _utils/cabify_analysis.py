@@ -100,8 +100,7 @@ def role_counters(rows: list[dict]) -> dict[str, dict]:
 
 def canaries_out(rows: list[dict]) -> list[str]:
     """The canary servers (``slot address``) of ROWS that HAProxy holds DOWN: their
-    checks failed, or their answers did (``observe layer7`` marks a canary down at its
-    first failing response, see the haproxy formula)."""
+    health checks failed."""
     return [
         f"{row['svname']} {row['addr']}"
         for row in rows

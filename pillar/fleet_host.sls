@@ -57,10 +57,12 @@ cabify:
 {%- endif %}
 {%- if "lb" in me.roles %}
 haproxy:
-  {#- The master's release controller reads each LB's figures on its stats page many
-      times a second while a canary runs (cabify_lb.stats_url). #}
+  {#- The master's release controller (at the network's gateway) reads each LB's
+      figures on its stats page many times a second, and drains a failing canary
+      there (cabify_lb.stats_url). #}
   stats:
     bind: {{ me.address }}
+    admin_from: [{{ fleet.fleet.network.gateway }}]
   backends:
 {%-   for name, pool in stack.cabify.pools | dictsort %}
     {{ name }}:

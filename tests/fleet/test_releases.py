@@ -265,6 +265,51 @@ def test_a_release_whose_controller_is_killed_mid_way_is_reverted_by_the_master(
     assert status["last_release"]["recovering"] == dead, status["last_release"]
 
 
+def test_a_release_whose_master_restarts_mid_way_is_reverted_once_it_is_back(
+    fleet, fleet_cli, salt_master, salt_minion, salt_run_cli, versions
+):
+    """A release asked for by an event runs inside the master (its reactor runs
+    orch.rolling, which runs the controller). The master is stopped after the release's
+    first drains and started again: its schedule finds the journal of a release that no
+    longer runs and reverts it; clients through both LBs see no failure meanwhile (the
+    LBs and the replicas do not need the master to serve)."""
+    running, other = versions
+    with load_through(*LB_HOSTS) as clients:
+        fleet_cli.run(
+            APP_HOSTS[0],
+            "event.send",
+            "cabify/release/request",
+            {"pool": "cabify", "version": other, "settings": FAST},
+        )
+        journal = wait_for(
+            lambda: (
+                (j := fleet_kv("cabify/journal/cabify") or {}).get("batch", 0) >= 3 and j.get("drained") and j
+            ),
+            180,
+            "the release the event asked for, past its first drains",
+        )
+        salt_minion.terminate()
+        salt_master.terminate()
+        salt_master.start()
+        salt_minion.start()
+        dead = journal["release"]
+        record = wait_for(
+            lambda: next((r for r in fleet_history() if r["id"] == dead and r["result"] != "running"), None),
+            180,
+            f"the restarted master's recovery of release {dead}",
+        )
+        served_more(clients)
+    assert record["result"] == "interrupted", record
+    assert "reverted" in record["reason"] and "incomplete" not in record["reason"], record["reason"]
+    wait_for(lambda: serves_only(fleet_cli, running), 60, f"only version {running} on every app host")
+    wait_for(
+        lambda: salt_master.salt_cli(timeout=10).run("test.ping", minion_tgt=salt_minion.id).returncode == 0,
+        60,
+        f"{salt_minion.id} answering the restarted master",
+    )
+    assert pool_serves_everywhere(), "both LBs serve every replica after the recovery"
+
+
 # --- canaries across the fleet ------------------------------------------------------------
 
 
@@ -360,9 +405,9 @@ class CanaryWatch:
 
 
 def test_a_canary_answering_500_is_out_of_every_lb_within_2_seconds(fleet, fleet_cli, salt_run_cli, versions):
-    """A canary whose answers are all 500: each LB takes it out at its first failing
-    answer (retried on a stable replica: no client sees it), and the controller takes
-    it out of every LB and aborts. From the first failing answer any LB counted to the
+    """A canary whose answers are all 500 (each retried on a stable replica: no client
+    sees it): the controller sees its failing answers on the LBs' stats pages, takes it
+    out of every LB and aborts. From the first failing answer any LB counted to the
     last request any LB sent the canary: at most 2 s. The stable version serves on."""
     running, other = versions
     canary = {"replicas": 1, "steps": [{"weight": 20, "pause": 30}]}
@@ -370,7 +415,9 @@ def test_a_canary_answering_500_is_out_of_every_lb_within_2_seconds(fleet, fleet
         ret, record = canary_release(salt_run_cli, other, canary, env={"FAULT": "http500"})
         served_more(clients)
     assert ret.returncode != 0, "a canary answering 500 was promoted"
-    assert record["result"] == "failed" and "took the canary out" in record["reason"], record.get("reason")
+    assert record["result"] == "failed" and "answer(s) on the LBs since it started" in record["reason"], (
+        record.get("reason")
+    )
     assert watch.first_failure is not None, "no LB counted a failing answer of the canary"
     assert watch.last_request, "no LB sent the canary a request"
     took = max(watch.last_request.values()) - watch.first_failure
