@@ -219,16 +219,9 @@ def set_weights(
                 "a share needs both"
             )
     try:
-        split = __utils__["cabify_weights.split"](share, counts["new"], counts["old"])
+        current = __utils__["cabify_weights.stored"](share, counts["new"], counts["old"], spec)
     except ValueError as err:
         raise CommandExecutionError(f"share of pool {pool}'s new replicas: {err}") from None
-    current = {
-        "spec": spec,
-        "new": split["new"],
-        "old": split["old"],
-        "asked": split["asked"],
-        "share": split["share"],
-    }
     if release:
         current["release"] = release
     _consul("kv_put", __utils__["cabify_kv.weights"](pool), current)

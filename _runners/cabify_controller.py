@@ -970,14 +970,10 @@ class Release:
         (COUNTS: ``{"new", "old"}`` replicas), weights computed here and applied by
         every app host to its own replicas' registrations."""
         try:
-            split = __utils__["cabify_weights.split"](share, counts["new"], counts["old"])
+            weights = __utils__["cabify_weights.stored"](share, counts["new"], counts["old"], spec)
         except ValueError as err:
             raise CommandExecutionError(f"canary:steps: weight {err}") from None
-        weights = {
-            **{k: split[k] for k in ("new", "old", "asked", "share")},
-            "spec": spec,
-            "release": self.id,
-        }
+        weights["release"] = self.id
         self.put(_kv("weights", self.pool), weights)
         _salt(self.apps, "cabify_pool.apply_weights", [self.pool])
         return weights
@@ -1104,7 +1100,9 @@ class Release:
         every LB) until resumed; the seconds it was paused."""
         began = time.monotonic()
         phase = self.journal.get("phase")
+        live_phase = self.live.get("phase")
         self.save(phase="paused", paused_at=_now())
+        self.canary_state(phase="paused")
         self.progress("paused", at=label)
         while (asked := self.command()) == "pause":
             if not self.held():
@@ -1114,6 +1112,7 @@ class Release:
         if asked == "abort":
             raise CommandExecutionError("aborted by the operator (cabify.abort)")
         self.save(phase=phase, paused_at=None)
+        self.canary_state(phase=live_phase)
         self.progress("resumed", at=label)
         return time.monotonic() - began
 

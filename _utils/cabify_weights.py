@@ -78,6 +78,14 @@ def split(share: float, new: int, old: int) -> dict:
     return {"new": new_weight, "old": old_weight, "share": given, "asked": target}
 
 
+def stored(share: float, new: int, old: int, spec: str) -> dict:
+    """What a pool's weights key holds for SHARE percent of the requests to NEW replicas
+    of SPEC beside OLD others: ``{"spec", "new", "old", "asked", "share"}`` (see
+    :func:`split`; ValueError for a share out of range)."""
+    found = split(share, new, old)
+    return {"spec": spec, **{k: found[k] for k in ("new", "old", "asked", "share")}}
+
+
 def reachable(share: float, new: int, old: int) -> float:
     """The share (percent) that :func:`split` gives for SHARE with these counts."""
     return split(share, new, old)["share"]

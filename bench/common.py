@@ -14,7 +14,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.load import LoadClient  # noqa: E402, F401 - the repository's own load client
+from tests.load import LoadClient  # noqa: E402 - the repository's own load client
 
 
 def salt_call(*args: str, check: bool = True) -> dict:
@@ -73,6 +73,23 @@ def rolling_phases(events: list[tuple[float, str, dict]], t0: float) -> list[dic
             out.append({"phase": "drain", "start": opened["drain"] - t0, "end": at - t0})
             opened = {}
     return out
+
+
+def load_figures(load: LoadClient) -> dict:
+    """What a load client saw: requests, failures, versions that answered, latency."""
+    latencies = [lat for _, lat, _ in load.samples]
+    return {
+        "requests": load.result.requests,
+        "failed": load.result.failed,
+        "failures": load.result.failures,
+        "versions": dict(load.result.versions),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99": round(percentile(latencies, 0.99) * 1000, 2),
+            "max": round(max(latencies, default=0) * 1000, 2),
+            "mean": round(sum(latencies) / len(latencies) * 1000, 2) if latencies else 0,
+        },
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.parse
 
-from common import REPO, LoadClient, percentile
+from common import REPO, LoadClient, load_figures
 
 
 def salt_run(*args: str) -> dict:
@@ -66,21 +66,6 @@ def running_version() -> str:
             f"bench: the fleet's pool cabify runs {sorted(versions) or 'nothing'}: run `make fleet` first"
         )
     return versions.pop()
-
-
-def figures(load: LoadClient) -> dict:
-    latencies = [lat for _, lat, _ in load.samples]
-    return {
-        "requests": load.result.requests,
-        "failed": load.result.failed,
-        "failures": load.result.failures,
-        "versions": dict(load.result.versions),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 0.50) * 1000, 2),
-            "p99": round(percentile(latencies, 0.99) * 1000, 2),
-            "max": round(max(latencies, default=0) * 1000, 2),
-        },
-    }
 
 
 def release(version: str, settle: float) -> tuple[dict, dict[str, LoadClient], float]:
@@ -127,7 +112,7 @@ def release(version: str, settle: float) -> tuple[dict, dict[str, LoadClient], f
         "rolling_s": round(
             sum(record.get("phases", {}).get(k, 0) for k in ("batches", "last drain", "finish")), 2
         ),
-        "lbs": {lb: figures(load) for lb, load in loads.items()},
+        "lbs": {lb: load_figures(load) for lb, load in loads.items()},
         "release_window_s": [round(record["started_at"] - (time.time() - time.monotonic()) - t0, 2)],
         "record": record["id"],
     }

@@ -23,16 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import subprocess
 import sys
 import time
 
-from common import REPO, LoadClient, ReleaseEvents, percentile, pool_pillar, rolling_phases, salt_call
+from common import (
+    REPO,
+    LoadClient,
+    ReleaseEvents,
+    load_figures,
+    percentile,
+    pool_pillar,
+    rolling_phases,
+    salt_call,
+)
 
 
 def summary(load: LoadClient, t0: float, release: tuple[float, float], events: list) -> dict:
-    latencies = [lat for _, lat, _ in load.samples]
     found_phases = rolling_phases(events, t0)
     per_phase: dict[str, float] = {}
     for item in found_phases:
@@ -42,16 +49,7 @@ def summary(load: LoadClient, t0: float, release: tuple[float, float], events: l
         per_phase["prepare"] = round(found_phases[0]["start"] - (release[0] - t0), 2)
         per_phase["finish"] = round((release[1] - t0) - found_phases[-1]["end"], 2)
     return {
-        "requests": load.result.requests,
-        "failed": load.result.failed,
-        "failures": load.result.failures,
-        "versions": dict(load.result.versions),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 0.50) * 1000, 2),
-            "p99": round(percentile(latencies, 0.99) * 1000, 2),
-            "max": round(max(latencies, default=0) * 1000, 2),
-            "mean": round(statistics.fmean(latencies) * 1000, 2) if latencies else 0,
-        },
+        **load_figures(load),
         "release_wall_s": round(release[1] - release[0], 2),
         "release_window_s": [round(release[0] - t0, 2), round(release[1] - t0, 2)],
         "time_per_phase_s": per_phase,

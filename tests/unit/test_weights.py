@@ -77,3 +77,8 @@ def test_promotion_share_only_rises_as_replicas_change_hands():
         old -= 1
         shares.append(weights.share_of(split["new"], new, split["old"], old))
     assert shares == sorted(shares) and shares[0] == pytest.approx(60, abs=0.05) and shares[-1] == 100
+
+
+def test_stored_weights_carry_the_spec_and_the_share_given():
+    stored = weights.stored(20, 1, 9, "abc")
+    assert stored == {"spec": "abc", "new": 9, "old": 4, "asked": 20.0, "share": 20.0}
