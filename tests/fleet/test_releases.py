@@ -20,6 +20,7 @@ import pytest
 
 from tests.fleet.conftest import (
     APP_HOSTS,
+    FIGURES,
     HOSTS,
     LB_HOSTS,
     POOL_TOTAL,
@@ -106,6 +107,7 @@ def test_a_rolling_release_over_every_app_host_drains_to_zero_sessions_on_every_
         assert client.result.requests >= POOL_TOTAL, "the slow requests did not flow"
     assert record["result"] == "succeeded" and record["controller"], record
     assert record["hosts"] == APP_HOSTS and record["lbs"] == LB_HOSTS, record
+    FIGURES["rolling release of the fleet"] = record["ended_at"] - record["started_at"]
     assert len(record["drains"]) == POOL_TOTAL, f"one drain a replica: {record['drains']}"
     assert all(lb["idle"] for d in record["drains"] for lb in d["lbs"].values()), record["drains"]
     waited = max(lb["waited"] for drain in record["drains"] for lb in drain["lbs"].values())
@@ -421,6 +423,7 @@ def test_a_canary_answering_500_is_out_of_every_lb_within_2_seconds(fleet, fleet
     assert watch.first_failure is not None, "no LB counted a failing answer of the canary"
     assert watch.last_request, "no LB sent the canary a request"
     took = max(watch.last_request.values()) - watch.first_failure
+    FIGURES["failing canary out of every LB"] = took
     assert took <= 2.0, (
         f"the canary had requests {took:.2f}s after its first failing answer "
         f"(the controller: {record.get('abort')})"
