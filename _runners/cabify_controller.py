@@ -293,6 +293,8 @@ class Release:
             "phase": "planning",
         }
         self.stops = __utils__["cabify_tasks.background"]()
+        # A step the controller watched over that was still under way when it failed.
+        self.pending = __utils__["cabify_tasks.background"]()
         # A batch's old replicas drain while the next batch starts: one drain at a time.
         self.drains = __utils__["cabify_tasks.background"]()
         # Replicas this release drains (name -> address): the barrier leaves them out.
@@ -599,20 +601,24 @@ class Release:
         """NEW (names by host) pass their checks (each host watches its own for a
         crash), then every LB has them UP, for MIN_HEALTHY_TIME (WATCH: see barrier)."""
         deadline = float(settings["healthy_deadline"])
-        _each(
-            [
-                (
-                    _salt,
-                    [host],
-                    "cabify_pool.wait_healthy",
-                    [self.pool, names],
-                    {"timeout": deadline, "fence": self.fence, "crash_on_restart": crash_on_restart},
-                    deadline + QUICK,
-                )
-                for host, names in sorted(new.items())
-                if names
-            ]
-        )
+        calls = [
+            (
+                _salt,
+                [host],
+                "cabify_pool.wait_healthy",
+                [self.pool, names],
+                {"timeout": deadline, "fence": self.fence, "crash_on_restart": crash_on_restart},
+                deadline + QUICK,
+            )
+            for host, names in sorted(new.items())
+            if names
+        ]
+        if watch is None:
+            _each(calls)
+        else:
+            # The LBs may send the new replicas requests before their hosts say they
+            # pass: WATCH runs meanwhile too.
+            self.watching(watch, _each, calls)
         names = [n for found in new.values() for n in found]
         waited = self.barrier(deadline, names, watch)
         self.progress("barrier", replicas=names, seconds=waited)
@@ -622,6 +628,17 @@ class Release:
             while time.monotonic() - held_since < hold:
                 self.barrier(deadline, names, watch)
                 time.sleep(BARRIER_POLL)
+
+    def watching(self, watch, func, *args) -> Any:
+        """FUNC(*ARGS) in a thread while WATCH is called every FAST_POLL s: what FUNC
+        returns, or what either raises first (FUNC then goes on in ``self.pending``)."""
+        result: list = []
+        self.pending.start("waiting", lambda: result.append(func(*args)))
+        while not result and any(t.is_alive() for t in self.pending.threads):
+            watch()
+            time.sleep(FAST_POLL)
+        self.pending.wait()
+        return result[0] if result else None
 
     def drain(self, old: dict[str, list[str]], drain_timeout: float, stop_now: bool = False) -> dict:
         """OLD (names by host) out of service with no failed request: drained on every
@@ -887,11 +904,17 @@ class Release:
         weights = self.set_share(settings["steps"][0]["weight"], spec, counts)
         self.barrier(deadline)
         self.before_canaries = self.counters(self.lb_rows())
-        started = {host: self.start(host, part, count, "canary") for host, (part, count) in placement.items()}
+        # A canary that fails its first answers is out of every LB at once, from the
+        # moment it starts: the LBs send it requests as soon as its host registers it.
+        watch = lambda: self.check_canaries("starting", self.lb_rows())  # noqa: E731
+        started = self.watching(
+            watch,
+            lambda: {
+                host: self.start(host, part, count, "canary") for host, (part, count) in placement.items()
+            },
+        )
         self.canary_state(canaries=started)
-        # A canary that fails its first answers is out of every LB at once, even before
-        # it is UP on all of them.
-        self.wait_healthy(started, release, watch=lambda: self.check_canaries("starting", self.lb_rows()))
+        self.wait_healthy(started, release, watch=watch)
         for number, step in enumerate(settings["steps"], start=1):
             weights = self.set_share(step["weight"], spec, counts)
             self.barrier(deadline)
@@ -1122,9 +1145,10 @@ class Release:
         stopped; the weights cleared and every LB agreeing again. Raises CAUSE as the
         release's failure (saying what of the abort failed, if anything)."""
         seen = time.monotonic()
+        self.record["abort"] = {"reason": str(cause), **self.canaries_off_every_lb(seen)}
+        # A canary whose start was under way is in the journal once that start ends.
+        self._quietly("finishing the canaries' start", self.pending.wait)
         canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
-        if canaries:
-            self.record["abort"] = {"reason": str(cause), **self.canaries_off_every_lb(seen)}
         if not self.held():
             raise cause
         reason = f"canary of version {self.version} aborted: {cause}"
