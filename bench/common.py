@@ -92,6 +92,16 @@ def load_figures(load: LoadClient) -> dict:
     }
 
 
+def per_second(samples: list, t0: float, seconds: int, version: str | None) -> list[int]:
+    """Answers of VERSION (None: failures) in each second from T0, of SAMPLES (end time,
+    latency, version): the bars of a plot."""
+    counts = [0] * seconds
+    for t, _, v in samples:
+        if v == version:
+            counts[min(seconds - 1, int(t - t0))] += 1
+    return counts
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0

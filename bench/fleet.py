@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.parse
 
-from common import REPO, LoadClient, load_figures
+from common import REPO, LoadClient, load_figures, per_second
 
 
 def salt_run(*args: str) -> dict:
@@ -135,10 +135,7 @@ def plot(result: dict, loads: dict[str, LoadClient], t0: float, path: pathlib.Pa
         seconds = int(max((t - t0 for t, _, _ in load.samples), default=1)) + 1
         bottom = [0] * seconds
         for version in [*versions, None]:
-            counts = [0] * seconds
-            for t, _, v in load.samples:
-                if v == version:
-                    counts[min(seconds - 1, int(t - t0))] += 1
+            counts = per_second(load.samples, t0, seconds, version)
             if any(counts):
                 rps_ax.bar(
                     range(seconds),

@@ -32,6 +32,7 @@ from common import (
     LoadClient,
     ReleaseEvents,
     load_figures,
+    per_second,
     percentile,
     pool_pillar,
     rolling_phases,
@@ -70,10 +71,7 @@ def plot(load: LoadClient, t0: float, result: dict, path: pathlib.Path, title: s
     fig, (rps_ax, lat_ax) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
     bottom = [0] * seconds
     for version in [*versions, None]:
-        counts = [0] * seconds
-        for t, _, v in load.samples:
-            if v == version:
-                counts[min(seconds - 1, int(t - t0))] += 1
+        counts = per_second(load.samples, t0, seconds, version)
         if not any(counts):
             continue
         label = f"version {version}" if version else "failed"
