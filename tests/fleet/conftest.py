@@ -87,6 +87,13 @@ print(b"".join(iter(lambda: s.recv(65536), b"")).decode())
 """
 
 
+def unclean_requests(lb: str) -> list[str]:
+    """LB's logged requests (HAProxy's request ring, the newest tens of seconds) whose
+    termination state is not ``----``: what to look at when a request failed."""
+    text = host_run(lb, "python3", "-c", _SHOW_STAT.replace("show stat", "show events requests"), timeout=10)
+    return [line for line in text.splitlines() if '"GET ' in line and " ---- " not in line]
+
+
 def lb_servers(lb: str, backend: str = "cabify") -> dict[str, str]:
     """LB's servers of BACKEND that have an address: ``address:port`` -> status."""
     text = host_run(lb, "python3", "-c", _SHOW_STAT, timeout=10)
