@@ -220,6 +220,34 @@ def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_k
     assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
 
 
+def past_first_drains(what: str) -> dict:
+    """The pool's journal once its release is at its third batch with replicas drained."""
+    return wait_for(
+        lambda: (
+            (j := fleet_kv("cabify/journal/cabify") or {}).get("batch", 0) >= 3 and j.get("drained") and j
+        ),
+        180,
+        f"{what} past its first drains",
+    )
+
+
+def recovered(dead: str, by: str) -> dict:
+    """The history record of release DEAD once a recovery ended it."""
+    return wait_for(
+        lambda: next((r for r in fleet_history() if r["id"] == dead and r["result"] != "running"), None),
+        180,
+        f"{by} recovery of release {dead}",
+    )
+
+
+def assert_reverted(fleet_cli, record: dict, running: str) -> None:
+    """RECORD's release was interrupted and reverted whole: only RUNNING everywhere."""
+    assert record["result"] == "interrupted", record
+    assert "reverted" in record["reason"] and "incomplete" not in record["reason"], record["reason"]
+    wait_for(lambda: serves_only(fleet_cli, running), 60, f"only version {running} on every app host")
+    assert pool_serves_everywhere(), "both LBs serve every replica after the recovery"
+
+
 def test_a_release_whose_controller_is_killed_mid_way_is_reverted_by_the_master(
     fleet, fleet_cli, salt_master, salt_run_cli, versions
 ):
@@ -239,29 +267,14 @@ def test_a_release_whose_controller_is_killed_mid_way_is_reverted_by_the_master(
     with load_through(*LB_HOSTS) as clients:
         controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            journal = wait_for(
-                lambda: (
-                    (j := fleet_kv("cabify/journal/cabify") or {}).get("batch", 0) >= 3
-                    and j.get("drained")
-                    and j
-                ),
-                180,
-                "the release past its first drains",
-            )
+            journal = past_first_drains("the release")
         finally:
             controller.kill()
             controller.wait()
         dead = journal["release"]
-        record = wait_for(
-            lambda: next((r for r in fleet_history() if r["id"] == dead and r["result"] != "running"), None),
-            150,
-            f"the master's recovery of release {dead}",
-        )
+        record = recovered(dead, "the master's")
         served_more(clients)
-    assert record["result"] == "interrupted", record
-    assert "reverted" in record["reason"] and "incomplete" not in record["reason"], record["reason"]
-    wait_for(lambda: serves_only(fleet_cli, running), 60, f"only version {running} on every app host")
-    assert pool_serves_everywhere(), "both LBs serve every replica after the recovery"
+    assert_reverted(fleet_cli, record, running)
     status = salt_run_cli.run("cabify.status", "cabify").data
     assert status["journal"] is None and status["release_running"] is None, status
     assert status["last_release"]["recovering"] == dead, status["last_release"]
@@ -283,33 +296,19 @@ def test_a_release_whose_master_restarts_mid_way_is_reverted_once_it_is_back(
             "cabify/release/request",
             {"pool": "cabify", "version": other, "settings": FAST},
         )
-        journal = wait_for(
-            lambda: (
-                (j := fleet_kv("cabify/journal/cabify") or {}).get("batch", 0) >= 3 and j.get("drained") and j
-            ),
-            180,
-            "the release the event asked for, past its first drains",
-        )
+        journal = past_first_drains("the release the event asked for")
         salt_minion.terminate()
         salt_master.terminate()
         salt_master.start()
         salt_minion.start()
-        dead = journal["release"]
-        record = wait_for(
-            lambda: next((r for r in fleet_history() if r["id"] == dead and r["result"] != "running"), None),
-            180,
-            f"the restarted master's recovery of release {dead}",
-        )
+        record = recovered(journal["release"], "the restarted master's")
         served_more(clients)
-    assert record["result"] == "interrupted", record
-    assert "reverted" in record["reason"] and "incomplete" not in record["reason"], record["reason"]
-    wait_for(lambda: serves_only(fleet_cli, running), 60, f"only version {running} on every app host")
+    assert_reverted(fleet_cli, record, running)
     wait_for(
         lambda: salt_master.salt_cli(timeout=10).run("test.ping", minion_tgt=salt_minion.id).returncode == 0,
         60,
         f"{salt_minion.id} answering the restarted master",
     )
-    assert pool_serves_everywhere(), "both LBs serve every replica after the recovery"
 
 
 # --- canaries across the fleet ------------------------------------------------------------
