@@ -1,8 +1,9 @@
 """Fleet releases decided by the release controller on the master, under load through
 both LBs: a rolling release over every app host that drains to zero sessions on every
 LB (a slow request in flight completes), a release that fails on the second host,
-reverted on every host, pause and resume, one release per KV change, a controller
-killed mid-way; a canary whose share holds through each LB, and a canary answering 500
+reverted on every host, an event-triggered release paused and resumed that a highstate
+keeps, one release per KV change, a controller killed mid-way, a master restarted
+mid-way; a canary whose share holds through each LB, and a canary answering 500
 out of every LB within 2 s."""
 
 from __future__ import annotations
@@ -138,21 +139,54 @@ def test_a_release_that_fails_on_the_second_host_is_reverted_on_every_host(
     assert pool_serves_everywhere(), "both LBs serve every replica after the revert"
 
 
-def test_a_release_paused_between_batches_holds_the_pool_then_resumes(
+def ended_release(since: float, version: str, what: str) -> dict:
+    """The history record of the first release to VERSION started after SINCE, once it
+    ended."""
+    return wait_for(
+        lambda: next(
+            (
+                r
+                for r in fleet_history()
+                if r["started_at"] >= since and r["to"] == version and r["result"] != "running"
+            ),
+            None,
+        ),
+        300,
+        f"the end of {what}",
+    )
+
+
+def assert_highstate_keeps(fleet_cli, version: str) -> None:
+    """A plain highstate of the app hosts, under load, changes nothing: VERSION, which
+    a release set, is what their pillar says."""
+    with load_through(*LB_HOSTS):
+        applied = fleet_cli.run(APP_HOSTS, "state.apply", timeout=600)
+    failed, changed = state_results(applied)
+    assert not failed, f"the highstate after the release failed: {failed}"
+    assert not changed, f"the highstate after the release changed: {changed}"
+    assert serves_only(fleet_cli, version), versions_by_host(fleet_cli)
+
+
+def test_an_event_triggered_release_paused_between_batches_resumes_and_a_highstate_keeps_it(
     fleet, fleet_cli, salt_run_cli, versions
 ):
+    """A release asked for by a `cabify/release/request` event from an app host is
+    paused at its second batch: for 5 s no replica starts or stops anywhere, and
+    cabify.status shows the pause and each LB's figures. Resumed, it ends; then a plain
+    highstate of the app hosts changes nothing."""
     _, other = versions
-    outcome: dict = {}
-
-    def run() -> None:
-        outcome["ret"], outcome["record"] = release(salt_run_cli, other)
 
     def journal() -> dict:
         return fleet_kv("cabify/journal/cabify") or {}
 
+    since = time.time()
     with load_through(*LB_HOSTS) as clients:
-        thread = threading.Thread(target=run)
-        thread.start()
+        fleet_cli.run(
+            APP_HOSTS[0],
+            "event.send",
+            "cabify/release/request",
+            {"pool": "cabify", "version": other, "settings": FAST},
+        )
         try:
             wait_for(lambda: journal().get("batch", 0) >= 2, 120, "the release at its second batch")
             paused = salt_run_cli.run("cabify.pause", "cabify")
@@ -174,10 +208,10 @@ def test_a_release_paused_between_batches_holds_the_pool_then_resumes(
         finally:
             # Whatever failed above, the release must not stay paused for the next test.
             salt_run_cli.run("cabify.resume", "cabify")
-            thread.join(600)
+        record = ended_release(since, other, f"the release to {other} the event asked for")
         served_more(clients)
-    assert outcome["ret"].returncode == 0, outcome["record"].get("reason")
-    assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
+    assert record["result"] == "succeeded", record.get("reason")
+    assert_highstate_keeps(fleet_cli, other)
 
 
 def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_keeps(
@@ -190,13 +224,7 @@ def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_k
     since = time.time()
     with load_through(*LB_HOSTS) as clients:
         fleet_consul("/v1/kv/cabify/desired/cabify", "PUT", {"version": other, "settings": FAST})
-        record = wait_for(
-            lambda: next(
-                (r for r in fleet_history() if r["started_at"] >= since and r["result"] != "running"), None
-            ),
-            300,
-            f"the end of the release to {other} that the KV change asked for",
-        )
+        record = ended_release(since, other, f"the release to {other} that the KV change asked for")
         served_more(clients)
     assert record["result"] == "succeeded" and record["to"] == other, record
     claim = wait_for(
@@ -212,12 +240,7 @@ def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_k
     assert len(releases) == 1, f"one change made {len(releases)} releases: {releases}"
     assert 1 + len(claim["skipped"]) == len(HOSTS), claim
     assert fleet_kv("cabify/released/cabify")["version"] == other
-    with load_through(*LB_HOSTS):
-        applied = fleet_cli.run(APP_HOSTS, "state.apply", timeout=600)
-    failed, changed = state_results(applied)
-    assert not failed, f"the highstate after the release failed: {failed}"
-    assert not changed, f"the highstate after the release changed: {changed}"
-    assert serves_only(fleet_cli, other), versions_by_host(fleet_cli)
+    assert_highstate_keeps(fleet_cli, other)
 
 
 def past_first_drains(what: str) -> dict:
