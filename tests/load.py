@@ -5,6 +5,14 @@ error of its own (not a failed request) is recorded, never lost silently, and
 ``assert_served`` fails on it. ``assert_served`` is the one check every test makes of a
 load: no failed request, and requests flowed the whole time (a minimum rate, and no
 worker idle for longer than ``max_idle`` seconds).
+
+Like browsers, curl, Go's and Java's HTTP clients, a worker sends a GET again, once,
+on a new connection when the kept-alive connection it reused was closed before a single
+byte of the answer came (RFC 9112, 9.3.1: a server may close an idle connection at
+any time, and the client's next request can cross that close; HAProxy does it to the
+idle connections of an old process at every reload). Such requests are counted in
+``retried`` with the reason, never hidden; anything else (no answer on a new
+connection, a reset mid-answer, a timeout, a status other than 200) is a failure.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ class LoadResult:
     max_idle_at: float = 0.0
     crashed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Requests sent again because their reused connection closed before any answer.
+    retried: int = 0
+    retries: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -83,8 +94,22 @@ class LoadClient:
             if now - since > self.result.max_idle:
                 self.result.max_idle, self.result.max_idle_at = now - since, since - self._started
 
+    def _retried(self, started: float, err: Exception) -> None:
+        with self._lock:
+            self.result.retried += 1
+            if len(self.result.retries) < 20:
+                self.result.retries.append(f"{started - self._started:.1f}s: {type(err).__name__}: {err}")
+
+    def _exchange(self, conn: http.client.HTTPConnection) -> tuple[int, bytes, bool]:
+        """One GET on CONN: status, body, and whether the server closes after it."""
+        conn.request("GET", self.path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, body, resp.getheader("Connection", "").lower() == "close"
+
     def _worker(self, deadline: float) -> None:
         conn = None
+        reused = False
         last = time.monotonic()
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -94,13 +119,23 @@ class LoadClient:
                 try:
                     if conn is None:
                         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                    conn.request("GET", self.path)
-                    resp = conn.getresponse()
-                    body = resp.read()
-                    ok = resp.status == 200
+                        reused = False
+                    try:
+                        status, body, closing = self._exchange(conn)
+                    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+                        if not reused:
+                            raise
+                        # The kept-alive connection was closed before any answer: once
+                        # more on a new one (RFC 9112, 9.3.1).
+                        self._retried(started, err)
+                        conn.close()
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                        status, body, closing = self._exchange(conn)
+                    reused = True
+                    ok = status == 200
                     payload = json.loads(body) if ok else None
-                    ended = self._record(ok, f"HTTP {resp.status}: {body[:100]!r}", payload, started)
-                    if resp.getheader("Connection", "").lower() == "close":
+                    ended = self._record(ok, f"HTTP {status}: {body[:100]!r}", payload, started)
+                    if closing:
                         conn.close()
                         conn = None
                 except (OSError, http.client.HTTPException, ValueError) as err:
