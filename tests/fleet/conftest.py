@@ -94,6 +94,41 @@ def unclean_requests(lb: str) -> list[str]:
     return [line for line in text.splitlines() if '"GET ' in line and " ---- " not in line]
 
 
+def lb_health(lb: str, frontend: str = "cabify") -> dict[str, str]:
+    """What LB's HAProxy says of itself and of FRONTEND: its process (a reload changes
+    it), and the counters of connections and requests it refused, failed or could
+    not parse; compared before and after a failure."""
+    info = host_run(lb, "python3", "-c", _SHOW_STAT.replace("show stat", "show info"), timeout=10)
+    found = {k: v for k, v in (line.split(": ", 1) for line in info.splitlines() if ": " in line)}
+    stat = host_run(lb, "python3", "-c", _SHOW_STAT, timeout=10)
+    row = next(
+        (
+            r
+            for r in csv.DictReader(io.StringIO(stat.lstrip("# ")))
+            if r["pxname"] == frontend and r["svname"] == "FRONTEND"
+        ),
+        {},
+    )
+    keys = ("Pid", "Uptime_sec", "CurrConns", "CumConns")
+    counters = (
+        "conn_tot",
+        "req_tot",
+        "ereq",
+        "dreq",
+        "dcon",
+        "dses",
+        "hrsp_5xx",
+        "hrsp_other",
+        "intercepted",
+    )
+    errors = host_run(lb, "python3", "-c", _SHOW_STAT.replace("show stat", "show errors"), timeout=10)
+    return {
+        **{k: found.get(k, "?") for k in keys},
+        **{k: row.get(k, "?") for k in counters},
+        "errors": errors[-300:],
+    }
+
+
 def lb_servers(lb: str, backend: str = "cabify") -> dict[str, str]:
     """LB's servers of BACKEND that have an address: ``address:port`` -> status."""
     text = host_run(lb, "python3", "-c", _SHOW_STAT, timeout=10)

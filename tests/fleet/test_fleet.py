@@ -27,6 +27,7 @@ from tests.fleet.conftest import (
     container,
     host_run,
     in_rotation,
+    lb_health,
     out_of_rotation,
     pool_serves_everywhere,
     state_results,
@@ -250,6 +251,7 @@ def test_a_dead_app_host_costs_no_request_and_leaves_both_lbs_within_3s(fleet, f
     victim = APP_HOSTS[-1]
     gone = address(victim)
     try:
+        health = {lb: lb_health(lb) for lb in LB_HOSTS}
         with load_through(*LB_HOSTS) as clients:
             served_more(clients)
             subprocess.run(["docker", "kill", container(victim)], check=True, capture_output=True)
@@ -266,6 +268,7 @@ def test_a_dead_app_host_costs_no_request_and_leaves_both_lbs_within_3s(fleet, f
             # LB ended the requests that did not end cleanly around the death.
             for lb in LB_HOSTS:
                 log.info("%s: requests that did not end cleanly: %s", lb, unclean_requests(lb)[-30:])
+                log.info("%s: HAProxy before the load %s, after the death %s", lb, health[lb], lb_health(lb))
 
         def out_of_catalog() -> bool:
             instances = consul_api(APP_HOSTS[0], "/v1/catalog/service/cabify")
