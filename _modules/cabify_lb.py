@@ -15,6 +15,8 @@ DNS would overwrite. Each pool's backend is named after the pool.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
 import time
@@ -56,6 +58,59 @@ def command(cmd: str) -> str:
     except OSError as err:
         raise CommandExecutionError(f"HAProxy runtime API at {path}: {cmd!r}: {err}") from err
     return b"".join(chunks).decode()
+
+
+def _addressed(dump: str) -> int:
+    """The servers with an address in a ``show servers state`` dump."""
+    found = 0
+    for line in dump.splitlines()[1:]:
+        fields = line.split()
+        if line.startswith("#") or len(fields) < 5:
+            continue
+        found += fields[4] not in ("-", "0.0.0.0", "::")  # noqa: S104 (no address, not a bind)
+    return found
+
+
+def save_server_state(path: str | None = None) -> str:
+    """
+    Save what HAProxy knows of every server (``show servers state``: address, state,
+    weight) to PATH (default ``haproxy:server_state:file``), which a new HAProxy
+    process loads (``load-server-state-from-file``): a HAProxy reloaded or restarted
+    while Consul is down then serves the last known replicas. The file is replaced
+    whole (written beside it, then renamed). A dump without any addressed server never
+    replaces a file that has some (a HAProxy that just started with nothing to serve
+    must not erase what the last one knew). Says what it did; an error only when the
+    file cannot be written.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.save_server_state
+    """
+    path = path or __salt__["config.get"]("haproxy:server_state:file", "/var/lib/haproxy/server-state")
+    try:
+        dump = command("show servers state")
+    except CommandExecutionError as err:
+        return f"kept {path}: HAProxy's runtime API does not answer ({err})"
+    if not dump.startswith("1\n"):
+        return f"kept {path}: HAProxy answered {dump[:200]!r}, not a server state"
+    servers = _addressed(dump)
+    if not servers and os.path.exists(path):
+        with open(path, encoding="utf-8") as known:
+            if _addressed(known.read()):
+                return f"kept {path}: HAProxy knows no server's address, the file does"
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(dump)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise CommandExecutionError(f"saving HAProxy's server state to {path}: {err}") from err
+    return f"saved {servers} addressed server(s) to {path}"
 
 
 def _rows(backend: str) -> list[dict]:

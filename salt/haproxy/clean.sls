@@ -17,5 +17,6 @@ haproxy-clean-files-absent:
     - names:
       - /usr/local/sbin/haproxy-check-config
       - {{ haproxy.config_file }}
+      - {{ haproxy.server_state.file }}
     - require:
       - pkg: haproxy-clean-pkg-removed

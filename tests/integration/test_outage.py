@@ -1,0 +1,137 @@
+"""HAProxy serves through a Consul outage. Consul is stopped for OUTAGE seconds (5
+minutes; CABIFY_CONSUL_OUTAGE_SECONDS changes it for a quick local run). Meanwhile
+HAProxy is reloaded, then restarted, and serves the replicas it last knew (its saved
+server state, `init-addr last`, resolvers that hold their last answer). Once Consul is
+back, a pool change reaches HAProxy again."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.helpers import (
+    CONSUL,
+    FRONTEND,
+    haproxy_info,
+    haproxy_up_addresses,
+    http,
+    running_replicas,
+    wait_for,
+)
+from tests.integration.conftest import StandInReplica, haproxy_server_up
+from tests.load import LoadClient
+
+OUTAGE = float(os.environ.get("CABIFY_CONSUL_OUTAGE_SECONDS", "300"))
+# The resolvers held Consul's last answer this long before (hold timeout/refused 30 s):
+# the reload and the restart come after it, when only the new holds keep the servers.
+FORMER_HOLD = 30
+SERVER_STATE = "/var/lib/haproxy/server-state"
+
+
+def consul_answers() -> bool:
+    try:
+        status, _ = http("GET", f"{CONSUL}/v1/status/leader", timeout=1)
+    except OSError:
+        return False
+    return status == 200
+
+
+def saved_addresses() -> set[str]:
+    """The addresses HAProxy's saved server state holds for pool cabify."""
+    try:
+        with open(SERVER_STATE, encoding="utf-8") as saved:
+            lines = saved.read().splitlines()
+    except FileNotFoundError:
+        return set()
+    rows = [line.split() for line in lines[1:] if line and not line.startswith("#")]
+    return {r[4] for r in rows if len(r) > 4 and r[1] == "cabify" and r[4] not in ("-", "0.0.0.0")}  # noqa: S104
+
+
+def twenty_answers() -> list[int]:
+    """Twenty requests, each on a connection of its own: their statuses."""
+    statuses = []
+    for _ in range(20):
+        try:
+            statuses.append(http("GET", FRONTEND + "/", timeout=5)[0])
+        except OSError:
+            statuses.append(0)
+    return statuses
+
+
+@pytest.fixture
+def consul_stopped(salt_cli):
+    """Stops Consul's agent for the test; it is started again whatever happens."""
+    outage = {}
+
+    def stop() -> float:
+        ret = salt_cli.run("service.stop", "consul")
+        assert ret.returncode == 0 and ret.data is True, f"stopping Consul: {ret.data}"
+        wait_for(lambda: not consul_answers(), 30, "Consul's HTTP API to stop answering")
+        outage["since"] = time.monotonic()
+        return outage["since"]
+
+    try:
+        yield stop
+    finally:
+        salt_cli.run("service.start", "consul")
+        wait_for(consul_answers, 60, "Consul back, with a leader")
+
+
+def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_replicas(
+    salt_cli, steady, consul_stopped
+):
+    replicas = set(running_replicas().values())
+    wait_for(lambda: replicas <= saved_addresses(), 30, f"HAProxy's saved server state listing {replicas}")
+    with LoadClient(workers=8, max_seconds=OUTAGE + 120) as before_restart:
+        since = consul_stopped()
+        wait_for(lambda: time.monotonic() - since > FORMER_HOLD + 5, FORMER_HOLD + 10, "past the former hold")
+        pid = haproxy_info()["Pid"]
+        assert salt_cli.run("service.reload", "haproxy").returncode == 0
+        wait_for(lambda: haproxy_info()["Pid"] != pid, 30, "HAProxy's reload")
+        wait_for(lambda: replicas <= haproxy_up_addresses(), 30, f"the reloaded HAProxy serving {replicas}")
+        served_after_reload = before_restart.requests_so_far()
+        wait_for(
+            lambda: before_restart.requests_so_far() > served_after_reload + 200,
+            30,
+            "requests through the reloaded HAProxy",
+        )
+    before_restart.assert_served()
+    # The reload closed the old process's idle kept-alive connections: at most one
+    # request a client crossed such a close and was sent again (tests/load.py).
+    assert before_restart.result.retried <= before_restart.workers, before_restart.result.retries
+    # A restart closes every connection (no process keeps them): the load stops first.
+    assert salt_cli.run("service.restart", "haproxy").returncode == 0
+    statuses = wait_for(
+        lambda: (s := twenty_answers()) and all(code == 200 for code in s) and s,
+        30,
+        "20 of 20 answers from HAProxy restarted while Consul is down",
+    )
+    assert statuses == [200] * 20
+    assert not consul_answers(), "Consul came back before the end of the outage"
+    with LoadClient(workers=8, max_seconds=OUTAGE + 120) as after_restart:
+        wait_for(
+            lambda: time.monotonic() - since >= OUTAGE, OUTAGE + 10, f"the end of the {OUTAGE:.0f}s outage"
+        )
+        assert salt_cli.run("service.start", "consul").returncode == 0
+        wait_for(consul_answers, 60, "Consul back, with a leader")
+        # Changes flow again: a new instance registered in Consul is served.
+        replica = StandInReplica("test-outage-stand-in")
+        try:
+            replica.register()
+            registered = time.monotonic()
+            wait_for(
+                lambda: haproxy_server_up(replica.port),
+                30,
+                "the new instance UP in HAProxy once Consul is back",
+            )
+            seen_after = time.monotonic() - registered
+        finally:
+            replica.deregister()
+            wait_for(
+                lambda: not haproxy_server_up(replica.port), 30, "the deregistered instance out of HAProxy"
+            )
+            replica.stop()
+    after_restart.assert_served()
+    assert seen_after < 10, f"a new instance took {seen_after:.1f}s to reach HAProxy once Consul was back"
