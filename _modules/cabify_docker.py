@@ -188,9 +188,18 @@ def replica(name: str) -> dict | None:
         raise CommandExecutionError(f"docker: reading {name}: {err}") from err
 
 
+def _networks(name: str) -> list:
+    """The networks named exactly NAME (Docker's name filter also matches parts)."""
+    return [n for n in _client().networks.list(names=[name]) if n.name == name]
+
+
 def network_present(name: str, pool: str | None = None) -> bool:
     """
-    Create the bridge network NAME if absent; True if it was created.
+    Create the bridge network NAME if absent; True if it was created. Its containers
+    cannot reach each other (``enable_icc`` false): a replica talks only to whoever
+    calls it through the host (HAProxy, the Consul agent's checks). A network made
+    before that setting keeps its own until ``cabify_docker.network_absent`` removes it
+    (``state.apply cabify.clean`` does).
 
     CLI Example:
 
@@ -200,12 +209,37 @@ def network_present(name: str, pool: str | None = None) -> bool:
     """
     client = _client()
     try:
-        if client.networks.list(names=[name]):
+        if _networks(name):
             return False
-        client.networks.create(name, driver="bridge", labels={LABEL_POOL: pool or name})
+        client.networks.create(
+            name,
+            driver="bridge",
+            labels={LABEL_POOL: pool or name},
+            options={"com.docker.network.bridge.enable_icc": "false"},
+        )
     except docker.errors.APIError as err:
         raise CommandExecutionError(f"docker: creating network {name}: {err}") from err
     return True
+
+
+def network_absent(name: str) -> bool:
+    """
+    Remove the bridge network NAME, which no container may use any more; True if it
+    was removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_docker.network_absent cabify
+    """
+    try:
+        found = _networks(name)
+        for network in found:
+            network.remove()
+    except docker.errors.APIError as err:
+        raise CommandExecutionError(f"docker: removing network {name}: {err}") from err
+    return bool(found)
 
 
 def start_replica(
@@ -219,7 +253,9 @@ def start_replica(
     """
     Start one replica of VERSION for POOL on NETWORK (default: the pool's name) and
     return it. ENV is the replica's environment (the pool adds ``DRAIN_TIMEOUT``);
-    RESOURCES may hold ``memory`` and ``cpus``.
+    RESOURCES may hold ``memory``, ``cpus`` and ``pids``. Every replica runs hardened:
+    no Linux capability, no-new-privileges, a read-only root filesystem with a tmpfs
+    ``/tmp`` (the image's user, nobody, writes nowhere else).
 
     CLI Example:
 
@@ -244,6 +280,8 @@ def start_replica(
         kwargs["mem_limit"] = resources["memory"]
     if resources.get("cpus"):
         kwargs["nano_cpus"] = int(float(resources["cpus"]) * 1e9)
+    if resources.get("pids"):
+        kwargs["pids_limit"] = int(resources["pids"])
     if publish_address():
         # A port of the host's address, chosen by Docker: any host can reach it there.
         kwargs["ports"] = {f"{APP_PORT}/tcp": (publish_address(), None)}
@@ -259,6 +297,10 @@ def start_replica(
             network=network or pool,
             restart_policy={"Name": "unless-stopped"},
             hostname=name,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={"/tmp": "rw,noexec,nosuid,size=16m"},  # noqa: S108 (the container's own /tmp)
             **kwargs,
         )
         container.reload()

@@ -11,4 +11,11 @@ cabify-clean-pool-{{ name }}-empty:
     - replicas: 0
     - network: {{ pool.network }}
     - drain_timeout: {{ pool.drain_timeout }}
+
+cabify-clean-pool-{{ name }}-network-absent:
+  module.run:
+    - cabify_docker.network_absent:
+      - name: {{ pool.network }}
+    - require:
+      - cabify_pool: cabify-clean-pool-{{ name }}-empty
 {%- endfor %}
