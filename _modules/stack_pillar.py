@@ -29,6 +29,7 @@ _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,
 _HAPROXY_TIME = re.compile(r"^[0-9]+(us|ms|s|m|h|d)?$")
 _LISTEN = re.compile(r"^[0-9A-Za-z.-]*:[0-9]{1,5}$")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
 # path -> (kind, required). Paths are relative to the formula's map ("consul:config:...").
 RULES: dict[str, dict[str, tuple[str, bool]]] = {
@@ -113,6 +114,39 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "service:user": ("str", True),
         "service:init_script": ("bool", True),
     },
+    "keepalived": {
+        "pkg": ("str", True),
+        "config_file": ("abs_path", True),
+        "service:name": ("str", True),
+        "service:enable": ("bool_or_null", False),
+        "service:init_script": ("bool", True),
+        "vrrp:name": ("name", True),
+        "vrrp:interface": ("str", True),
+        "vrrp:virtual_router_id": ("vrid", True),
+        "vrrp:virtual_ipaddresses": ("list_of_ip_prefixes", True),
+        "vrrp:priority": ("vrrp_priority", True),
+        "vrrp:advert_int": ("positive_int", True),
+        "vrrp:preempt_delay": ("non_negative_int", False),
+        "vrrp:unicast_src_ip": ("ip", False),
+        "vrrp:unicast_peers": ("list_of_ips", True),
+        "vrrp:auth_pass": ("vrrp_password", False),
+        "check:script": ("abs_path", True),
+        "check:pidfile": ("abs_path", True),
+        "check:interval": ("positive_int", True),
+        "check:fall": ("positive_int", True),
+        "check:rise": ("positive_int", True),
+        "start_timeout": ("positive_int", True),
+    },
+    "firewall": {
+        "pkg": ("str", True),
+        "table": ("name", True),
+        "rules_file": ("abs_path", True),
+        "loaded_marker": ("abs_path", True),
+        "sources": ("mapping", True),
+        "management": ("list_of_ports", True),
+        "roles": ("mapping", True),
+        "forward": ("mapping", True),
+    },
     "haproxy": {
         "pkg": ("str", True),
         "config_file": ("abs_path", True),
@@ -126,6 +160,8 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "resolvers:port": ("port", True),
         "resolvers:interval": ("haproxy_time", True),
         "resolvers:hold_valid": ("haproxy_time", True),
+        "resolvers:hold_unreachable": ("haproxy_time", True),
+        "server_state:file": ("abs_path", True),
         "request_log:ring": ("dns_name", True),
         "request_log:size": ("positive_int", True),
         "global:maxconn": ("positive_int", True),
@@ -147,6 +183,7 @@ MEMBER_RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "resources": ("mapping", True),
         "resources:memory": ("size", False),
         "resources:cpus": ("positive_number", False),
+        "resources:pids": ("positive_int", False),
         "network": ("network_name", False),
         "healthy_timeout": ("positive_int", True),
         "drain_timeout": ("non_negative_int", True),
@@ -291,6 +328,37 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PL
         except ValueError:
             return "must be an IP address"
         return None
+    if kind == "vrid":
+        return None if _is_int(value) and 1 <= value <= 255 else "must be a whole number from 1 to 255"
+    if kind == "vrrp_priority":
+        return None if _is_int(value) and 1 <= value <= 254 else "must be a whole number from 1 to 254"
+    if kind == "vrrp_password":
+        ok = isinstance(value, str) and 0 < len(value) <= 8 and value.isprintable() and " " not in value
+        return None if ok else "must be 1 to 8 printable characters, no spaces"
+    if kind == "list_of_ips":
+        ok = isinstance(value, list) and all(_problem("ip", v) is None for v in value)
+        return None if ok else "must be a list of IP addresses"
+    if kind == "list_of_ip_prefixes":
+        if not isinstance(value, list) or not value:
+            return "must be a non-empty list of addresses with their prefix, such as 10.213.0.100/24"
+        for item in value:
+            try:
+                ipaddress.ip_interface(str(item))
+            except ValueError:
+                return f"{item!r} is not an address with its prefix, such as 10.213.0.100/24"
+        return None
+    if kind == "ipv4_network":
+        try:
+            ipaddress.IPv4Network(str(value), strict=False)
+        except ValueError:
+            return "must be an IPv4 address or network"
+        return None
+    if kind == "name":
+        ok = isinstance(value, str) and _NAME.match(value)
+        return None if ok else "must be letters, digits or '_' (starting with a letter, at most 63)"
+    if kind == "list_of_ports":
+        ok = isinstance(value, list) and all(_problem("port", v) is None for v in value)
+        return None if ok else "must be a list of ports (1 to 65535)"
     if kind == "ip_list_str":
         if not isinstance(value, str):
             return "must be a string of space-separated IP addresses"
@@ -429,6 +497,14 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
             found.append(
                 "consul:config:bootstrap_expect: only a server can set it (consul:config:server is false)"
             )
+    if formula == "firewall":
+        found.extend(_firewall_problems(data))
+    if (
+        formula == "keepalived"
+        and _lookup(data, "vrrp:unicast_peers")
+        and not _lookup(data, "vrrp:unicast_src_ip")
+    ):
+        found.append("keepalived:vrrp:unicast_src_ip: is required with keepalived:vrrp:unicast_peers")
     if formula == "haproxy" and isinstance(_lookup(data, "backends"), dict):
         seen = {_lookup(data, "stats:port"): "haproxy:stats:port"}
         for name, backend in sorted(data["backends"].items()):
@@ -437,6 +513,55 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
                 found.append(f"haproxy:backends:{name}:port: {port} is taken by {seen[port]}")
             seen.setdefault(port, f"haproxy:backends:{name}:port")
             found.extend(_slot_problems(name, _merged(data.get("backend") or {}, backend)))
+    return found
+
+
+def _firewall_problems(data: dict) -> list[str]:
+    """Each source is a list of IPv4 addresses or networks; each rule of
+    firewall:roles and firewall:forward names what it is for, a known proto, its ports
+    (tcp, udp) and a source that exists."""
+    found = []
+    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
+    for name, addresses in sorted(sources.items()):
+        if _problem("name", name):
+            found.append(f"firewall:sources:{name}: the name {_problem('name', name)}")
+        if not isinstance(addresses, list) or any(_problem("ipv4_network", a) for a in addresses):
+            found.append(
+                f"firewall:sources:{name}: must be a list of IPv4 addresses or networks (got {addresses!r})"
+            )
+    for section in ("roles", "forward"):
+        roles = data.get(section) if isinstance(data.get(section), dict) else {}
+        for role, rules in sorted(roles.items()):
+            for name, rule in sorted((rules or {}).items()) if isinstance(rules, dict) else [(None, rules)]:
+                key = f"firewall:{section}:{role}" + (f":{name}" if name else "")
+                found.extend(f"{key}: {reason}" for reason in _firewall_rule(rule, sources, section))
+    return found
+
+
+def _firewall_rule(rule: Any, sources: dict, section: str) -> list[str]:
+    if rule is None:
+        return []
+    if not isinstance(rule, dict):
+        return [f"must be a mapping of what, proto, ports and from (got {rule!r})"]
+    found = []
+    protos = ("tcp", "udp") if section == "forward" else ("tcp", "udp", "vrrp")
+    if rule.get("proto") not in protos:
+        found.append(f"proto must be one of {', '.join(protos)} (got {rule.get('proto')!r})")
+    if rule.get("proto") in ("tcp", "udp") and (
+        not isinstance(rule.get("ports"), list)
+        or not rule["ports"]
+        or _problem("list_of_ports", rule["ports"])
+    ):
+        found.append(f"ports must be a non-empty list of ports (got {rule.get('ports')!r})")
+    if rule.get("from") != "any" and rule.get("from") not in sources:
+        found.append(
+            f"from must be 'any' or one of firewall:sources ({', '.join(sorted(sources))}), "
+            f"got {rule.get('from')!r}"
+        )
+    if rule.get("listening") not in (None, True, False):
+        found.append(f"listening must be true or false (got {rule.get('listening')!r})")
+    if not isinstance(rule.get("what"), str) or not rule["what"] or '"' in rule["what"]:
+        found.append(f"what must say what the rule is for, without double quotes (got {rule.get('what')!r})")
     return found
 
 

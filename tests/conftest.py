@@ -36,8 +36,10 @@ def salt_master(salt_factories):
     for key in ("auto_accept", "open_mode"):  # salt-factories accepts its own minion's key
         overrides.pop(key, None)
     # The fleet tier's hosts (containers on their own network) reach it on the machine's
-    # address there; the ports stay the ones salt-factories picked.
+    # address there, on Salt's usual ports (the ones the firewall opens on a master;
+    # `make test` stops the daemons of `make up` first).
     overrides["interface"] = "0.0.0.0"  # noqa: S104
+    overrides |= {"publish_port": 4505, "ret_port": 4506}
     factory = salt_factories.salt_master_daemon("cabify-master", overrides=overrides)
     with factory.started(start_timeout=120):
         yield factory

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import CONSUL, STATS, changed_states, failed_states, http, wait_for
 from tests.integration.conftest import ensure_pool, unique_version
 
-FORMULAS = ["common", "docker", "consul", "haproxy", "registry", "cabify"]
+FORMULAS = ["common", "docker", "consul", "firewall", "haproxy", "registry", "cabify"]
 BASE_IMAGE = "cabify-base:bookworm"
 
 
@@ -33,6 +33,11 @@ def _cron_running() -> bool:
     return subprocess.run(["pgrep", "-x", "cron"], capture_output=True, check=False).returncode == 0
 
 
+def _firewall_loaded() -> bool:
+    table = ["nft", "list", "table", "inet", "cabify_firewall"]
+    return subprocess.run(table, capture_output=True, check=False).returncode == 0
+
+
 def _registry_answers() -> bool:
     return http("GET", "http://127.0.0.1:5000/v2/")[0] == 200
 
@@ -45,6 +50,7 @@ SERVICE_UP = {
     "cabify": _app_served,
     "common": _cron_running,
     "docker": _docker_answers,
+    "firewall": _firewall_loaded,
     "consul": _consul_has_leader,
     "haproxy": _haproxy_stats_answer,
     "registry": _registry_answers,
@@ -84,7 +90,7 @@ def test_highstate_dry_run_on_the_converged_host_has_nothing_to_do(salt_cli, hig
 
 def test_the_all_in_one_host_gets_every_formula_through_its_roles(salt_cli, highstate):
     """salt/top.sls targets by the `roles` grain; the all-in-one host has every role."""
-    assert salt_cli.run("grains.get", "roles").data == ["consul-server", "lb", "app", "registry"]
+    assert salt_cli.run("grains.get", "roles").data == ["consul-server", "lb", "app", "registry", "master"]
     top = salt_cli.run("state.show_top").data
     assert sorted(top["base"]) == sorted(FORMULAS), top
 

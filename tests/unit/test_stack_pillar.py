@@ -14,12 +14,27 @@ from tests.unit.conftest import REPO, load
 stack_pillar = load("modules", "stack_pillar")
 
 
+# What a formula has no default for: pillar must give it.
+FROM_PILLAR = {"keepalived": {"vrrp": {"virtual_ipaddresses": ["10.213.0.100/24"]}}}
+
+
 def defaults(formula: str) -> dict:
     data = yaml.safe_load((REPO / "salt" / formula / "defaults.yaml").read_text())
     osmap = yaml.safe_load((REPO / "salt" / formula / "osmap.yaml").read_text()) or {}
     for key, value in (osmap.get("default") or {}).items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    for key, value in FROM_PILLAR.get(formula, {}).items():
+        data[key] = {**data[key], **value}
     return data
+
+
+def test_a_virtual_address_is_required():
+    data = defaults("keepalived")
+    data["vrrp"]["virtual_ipaddresses"] = []
+    assert stack_pillar.problems("keepalived", data) == [
+        "keepalived:vrrp:virtual_ipaddresses: must be a non-empty list of addresses with their prefix, "
+        "such as 10.213.0.100/24 (got [])"
+    ]
 
 
 @pytest.mark.parametrize("formula", sorted(stack_pillar.RULES))
@@ -78,6 +93,37 @@ def test_pillar_example_is_valid_and_documents_every_default(formula):
         ("consul", "install:sha256", "abc", "consul:install:sha256: must be 64 lower-case hex digits"),
         ("docker", "daemon_json:log-opts:max-size", "ten", "docker:daemon_json:log-opts:max-size"),
         ("common", "logrotate:frequency", "hourly", "common:logrotate:frequency: must be daily"),
+        (
+            "keepalived",
+            "vrrp:priority",
+            255,
+            "keepalived:vrrp:priority: must be a whole number from 1 to 254",
+        ),
+        (
+            "keepalived",
+            "vrrp:virtual_ipaddresses",
+            ["10.213.0.300/24"],
+            "keepalived:vrrp:virtual_ipaddresses",
+        ),
+        ("keepalived", "vrrp:auth_pass", "much-too-long", "keepalived:vrrp:auth_pass: must be 1 to 8"),
+        ("keepalived", "vrrp:unicast_peers", ["lb2"], "keepalived:vrrp:unicast_peers: must be a list of IP"),
+        ("firewall", "sources:fleet", ["10.213.0.0/33"], "firewall:sources:fleet: must be a list of IPv4"),
+        ("firewall", "management", [22, "ssh"], "firewall:management: must be a list of ports"),
+        (
+            "firewall",
+            "roles:lb:stats:from",
+            "everyone",
+            "firewall:roles:lb:stats: from must be 'any' or one of firewall:sources (fleet, lbs, masters)",
+        ),
+        ("firewall", "roles:lb:stats:proto", "sctp", "firewall:roles:lb:stats: proto must be one of tcp"),
+        (
+            "firewall",
+            "forward:app:replicas:ports",
+            [],
+            "firewall:forward:app:replicas: ports must be a non-empty",
+        ),
+        ("firewall", "roles:lb:stats:what", 'the "stats"', "firewall:roles:lb:stats: what must say"),
+        ("firewall", "table", "cabify-firewall", "firewall:table: must be letters, digits or '_'"),
     ],
 )
 def test_bad_value_is_named_with_its_key(formula, path, value, expected):
@@ -95,6 +141,20 @@ def test_missing_required_key_is_named():
     data = defaults("consul")
     del data["config"]["datacenter"]
     assert "consul:config:datacenter: is required" in stack_pillar.problems("consul", data)
+
+
+def test_unicast_peers_need_a_source_address():
+    data = defaults("keepalived")
+    data["vrrp"]["unicast_peers"] = ["10.213.0.22"]
+    assert stack_pillar.problems("keepalived", data) == [
+        "keepalived:vrrp:unicast_src_ip: is required with keepalived:vrrp:unicast_peers"
+    ]
+
+
+def test_a_firewall_rule_set_to_null_is_removed_and_valid():
+    data = defaults("firewall")
+    data["roles"]["lb"]["stats"] = None
+    assert stack_pillar.problems("firewall", data) == []
 
 
 def test_url_install_needs_url_and_sha256():
