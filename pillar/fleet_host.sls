@@ -8,6 +8,9 @@
     - App hosts: replicas published on the host's address; images pulled by digest
       from the registry on the machine (the network's gateway), which their dockerd
       reaches over plain HTTP.
+    - LB hosts of the VRRP pair: the fleet's virtual address on the interface that
+      holds the host's fleet address, unicast adverts to the other LB, the first LB
+      (by name) first to hold the address;
     - LB hosts: the stats page on the host's address, for the master's controller;
       each pool's stable slots derived from its replicas on every app host
       plus a release's surge (max_parallel new replicas on each app host at once, the
@@ -19,9 +22,11 @@
 {%- set registry = fleet.fleet.network.gateway ~ ":" ~ fleet.fleet.registry_port %}
 {%- set servers = [] %}
 {%- set apps = [] %}
+{%- set vrrp = [] %}
 {%- for name, host in hosts | dictsort %}
 {%-   do servers.append(host.address) if "consul-server" in host.roles %}
 {%-   do apps.append(name) if "app" in host.roles %}
+{%-   do vrrp.append(name) if "vrrp" in host.roles %}
 {%- endfor %}
 {%- set server = "consul-server" in me.roles %}
 consul:
@@ -70,4 +75,21 @@ haproxy:
       surge: {{ ((pool.release | default({})).max_parallel | default(1)) * (apps | length) }}
       slots: null
 {%-   endfor %}
+{%- endif %}
+{%- if "vrrp" in me.roles %}
+{%-   set peers = [] %}
+{%-   for name in vrrp if name != grains["id"] %}
+{%-     do peers.append(hosts[name].address) %}
+{%-   endfor %}
+{%-   set interfaces = [] %}
+{%-   for name, addresses in grains.get("ip4_interfaces", {}) | dictsort if me.address in addresses %}
+{%-     do interfaces.append(name) %}
+{%-   endfor %}
+keepalived:
+  vrrp:
+    interface: {{ (interfaces + ["eth0"]) | first }}
+    virtual_ipaddresses: [{{ fleet.fleet.vip }}]
+    priority: {{ [150 - 50 * vrrp.index(grains["id"]), 1] | max }}
+    unicast_src_ip: {{ me.address }}
+    unicast_peers: {{ peers | json }}
 {%- endif %}
