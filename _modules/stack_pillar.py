@@ -125,7 +125,8 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "vrrp:virtual_router_id": ("vrid", True),
         "vrrp:virtual_ipaddresses": ("list_of_ip_prefixes", True),
         "vrrp:priority": ("vrrp_priority", True),
-        "vrrp:advert_int": ("positive_int", True),
+        "vrrp:version": ("vrrp_version", True),
+        "vrrp:advert_int": ("positive_number", True),
         "vrrp:preempt_delay": ("non_negative_int", False),
         "vrrp:unicast_src_ip": ("ip", False),
         "vrrp:unicast_peers": ("list_of_ips", True),
@@ -332,6 +333,8 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PL
         return None if _is_int(value) and 1 <= value <= 255 else "must be a whole number from 1 to 255"
     if kind == "vrrp_priority":
         return None if _is_int(value) and 1 <= value <= 254 else "must be a whole number from 1 to 254"
+    if kind == "vrrp_version":
+        return None if value in (2, 3) else "must be 2 or 3"
     if kind == "vrrp_password":
         ok = isinstance(value, str) and 0 < len(value) <= 8 and value.isprintable() and " " not in value
         return None if ok else "must be 1 to 8 printable characters, no spaces"
@@ -499,12 +502,8 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
             )
     if formula == "firewall":
         found.extend(_firewall_problems(data))
-    if (
-        formula == "keepalived"
-        and _lookup(data, "vrrp:unicast_peers")
-        and not _lookup(data, "vrrp:unicast_src_ip")
-    ):
-        found.append("keepalived:vrrp:unicast_src_ip: is required with keepalived:vrrp:unicast_peers")
+    if formula == "keepalived":
+        found.extend(_keepalived_problems(data))
     if formula == "haproxy" and isinstance(_lookup(data, "backends"), dict):
         seen = {_lookup(data, "stats:port"): "haproxy:stats:port"}
         for name, backend in sorted(data["backends"].items()):
@@ -513,6 +512,23 @@ def _cross_checks(formula: str, data: dict) -> list[str]:
                 found.append(f"haproxy:backends:{name}:port: {port} is taken by {seen[port]}")
             seen.setdefault(port, f"haproxy:backends:{name}:port")
             found.extend(_slot_problems(name, _merged(data.get("backend") or {}, backend)))
+    return found
+
+
+def _keepalived_problems(data: dict) -> list[str]:
+    """Unicast adverts need a source address; VRRP 2 counts adverts in whole seconds
+    and alone has authentication."""
+    found = []
+    vrrp = data.get("vrrp") if isinstance(data.get("vrrp"), dict) else {}
+    if vrrp.get("unicast_peers") and not vrrp.get("unicast_src_ip"):
+        found.append("keepalived:vrrp:unicast_src_ip: is required with keepalived:vrrp:unicast_peers")
+    advert = vrrp.get("advert_int")
+    if vrrp.get("version") == 2 and isinstance(advert, (int, float)) and advert != int(advert):
+        found.append("keepalived:vrrp:advert_int: must be whole seconds with keepalived:vrrp:version 2")
+    if vrrp.get("auth_pass") and vrrp.get("version") != 2:
+        found.append(
+            "keepalived:vrrp:auth_pass: needs keepalived:vrrp:version 2 (VRRP 3 has no authentication)"
+        )
     return found
 
 

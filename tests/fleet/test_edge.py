@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -32,6 +33,7 @@ from tests.fleet.test_fleet import LOAD, load_through, served_more
 from tests.helpers import http, wait_for
 from tests.load import LoadClient
 
+log = logging.getLogger(__name__)
 VIP = TOPOLOGY["vip"].split("/")[0]
 OUTAGE = float(os.environ.get("CABIFY_CONSUL_OUTAGE_SECONDS", "300"))
 # Where a stranger stands: on the fleet's network, but no host of it.
@@ -68,6 +70,14 @@ def assert_only_in_flight_failed(client: LoadClient, what: str) -> int:
     """At most one failed request a client (what it had in flight on the LB that went),
     and requests flowed: the failures, for the figures."""
     result = client.result
+    log.info(
+        "%s: %d failed %s, %d sent again %s",
+        what,
+        result.failed,
+        result.failures,
+        result.retried,
+        result.retries,
+    )
     assert result.failed <= client.workers, (
         f"{what}: {result.failed} failed requests for {client.workers} clients: {result.failures}"
     )

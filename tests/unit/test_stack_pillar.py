@@ -151,6 +151,20 @@ def test_unicast_peers_need_a_source_address():
     ]
 
 
+def test_vrrp_3_has_no_password_and_vrrp_2_whole_second_adverts():
+    data = defaults("keepalived")
+    data["vrrp"]["auth_pass"] = "secret"  # noqa: S105 (a test value)
+    assert stack_pillar.problems("keepalived", data) == [
+        "keepalived:vrrp:auth_pass: needs keepalived:vrrp:version 2 (VRRP 3 has no authentication)"
+    ]
+    data["vrrp"]["version"] = 2
+    assert stack_pillar.problems("keepalived", data) == [
+        "keepalived:vrrp:advert_int: must be whole seconds with keepalived:vrrp:version 2"
+    ]
+    data["vrrp"]["advert_int"] = 1
+    assert stack_pillar.problems("keepalived", data) == []
+
+
 def test_a_firewall_rule_set_to_null_is_removed_and_valid():
     data = defaults("firewall")
     data["roles"]["lb"]["stats"] = None
