@@ -200,3 +200,27 @@ def pool_lock_held(holder: dict, pool: str = "cabify") -> Iterator[None]:
         yield
     finally:
         consul("PUT", f"/v1/session/destroy/{session['ID']}")
+
+
+# A script that tries a TCP connection to each HOST:PORT of its arguments and prints
+# each one's fate as JSON: open, refused (reached, nothing listens) or filtered (no
+# answer: a firewall dropped it). Run where the probe must come from (a container, a
+# fleet host) with `python3 -c PORT_PROBE TARGET...`.
+PORT_PROBE = """
+import json, socket, sys
+found = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(1.5)
+    try:
+        s.connect((host, int(port)))
+        found[target] = "open"
+    except ConnectionRefusedError:
+        found[target] = "refused"
+    except OSError:
+        found[target] = "filtered"
+    finally:
+        s.close()
+print(json.dumps(found))
+"""

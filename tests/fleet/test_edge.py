@@ -30,7 +30,7 @@ from tests.fleet.conftest import (
     state_results,
 )
 from tests.fleet.test_fleet import LOAD, load_through, served_more
-from tests.helpers import http, wait_for
+from tests.helpers import PORT_PROBE, http, wait_for
 from tests.load import LoadClient
 
 log = logging.getLogger(__name__)
@@ -215,25 +215,6 @@ def test_an_lb_serves_through_a_consul_outage_reloaded_and_restarted(fleet, flee
 
 # --- firewall -------------------------------------------------------------------------
 
-PROBE = """
-import json, socket, sys
-found = {}
-for target in sys.argv[1:]:
-    host, port = target.rsplit(":", 1)
-    s = socket.socket()
-    s.settimeout(1.5)
-    try:
-        s.connect((host, int(port)))
-        found[target] = "open"
-    except ConnectionRefusedError:
-        found[target] = "refused"
-    except OSError:
-        found[target] = "filtered"
-    finally:
-        s.close()
-print(json.dumps(found))
-"""
-
 
 def probe_from(where: str, targets: list[str]) -> dict[str, str]:
     """Each host:port of TARGETS as seen from WHERE (a fleet host, `master`: the
@@ -241,17 +222,17 @@ def probe_from(where: str, targets: list[str]) -> dict[str, str]:
     open, refused (reached, nothing listens) or filtered (no answer)."""
     if where == "master":
         out = subprocess.run(
-            ["python3", "-c", PROBE, *targets], capture_output=True, text=True, check=True
+            ["python3", "-c", PORT_PROBE, *targets], capture_output=True, text=True, check=True
         ).stdout
     elif where == "stranger":
         out = subprocess.run(
-            [*STRANGER_RUN, "python3", "-c", PROBE, *targets],
+            [*STRANGER_RUN, "python3", "-c", PORT_PROBE, *targets],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     else:
-        out = host_run(where, "python3", "-c", PROBE, *targets, timeout=60)
+        out = host_run(where, "python3", "-c", PORT_PROBE, *targets, timeout=60)
     return json.loads(out)
 
 

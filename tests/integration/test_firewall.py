@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.helpers import failed_states
+from tests.helpers import PORT_PROBE, failed_states
 from tests.load import LoadClient
 
 TABLE = "cabify_firewall"
@@ -28,24 +28,6 @@ TO_ANYONE = [80, 8081, 22, 2024]
 TO_THE_FLEET = [4505, 4506, 5000, 8300, 8301, 8404, 8500]
 TO_NOBODY = [8600, 8302, 9999]
 
-PROBE = """
-import json, socket, sys
-found = {}
-for port in map(int, sys.argv[2:]):
-    s = socket.socket()
-    s.settimeout(1.5)
-    try:
-        s.connect((sys.argv[1], port))
-        found[port] = "open"
-    except ConnectionRefusedError:
-        found[port] = "refused"
-    except OSError:
-        found[port] = "filtered"
-    finally:
-        s.close()
-print(json.dumps(found))
-"""
-
 
 def probe(network: str, ports: list[int]) -> dict[int, str]:
     """From a container on NETWORK, each port of this host (the network's gateway):
@@ -54,11 +36,11 @@ def probe(network: str, ports: list[int]) -> dict[int, str]:
     gateway = client.networks.get(network).attrs["IPAM"]["Config"][0]["Gateway"]
     out = client.containers.run(
         PROBE_IMAGE,
-        ["python3", "-c", PROBE, gateway, *map(str, ports)],
+        ["python3", "-c", PORT_PROBE, *(f"{gateway}:{port}" for port in ports)],
         network=network,
         remove=True,
     )
-    return {int(port): state for port, state in json.loads(out).items()}
+    return {int(target.rsplit(":", 1)[1]): state for target, state in json.loads(out).items()}
 
 
 @contextlib.contextmanager
