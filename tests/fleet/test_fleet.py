@@ -55,6 +55,11 @@ def load_through(*lbs: str, keep_samples: bool = False):
             stack.enter_context(client)
         yield clients
     for client in clients:
+        # Shown in the run's figures: how often a kept-alive connection closed under
+        # a request (the client sent it again, tests/load.py), and when.
+        if client.result.retried:
+            FIGURES["requests sent again"] = FIGURES.get("requests sent again", 0) + client.result.retried
+            log.info("through %s, sent again: %s", client.host, client.result.retries)
         client.assert_served(min_rate=20, max_idle=MAX_IDLE)
         strays = [i for i in client.result.instances if not i.startswith("cabify-")]
         assert not strays, f"requests for pool cabify were answered by {strays}"
