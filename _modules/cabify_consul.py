@@ -162,6 +162,29 @@ def registrations(service: str) -> dict[str, dict]:
     return found
 
 
+def passing(service: str) -> dict[str, list[str]]:
+    """
+    The ``address:port`` of SERVICE's instances whose checks pass, anywhere in the
+    cluster, by role tag (``stable``, ``canary``): what Consul's DNS gives.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.passing cabify
+    """
+    _, entries = _call(
+        f"listing passing instances of {service}", _client().health.service, service, passing=True
+    )
+    found: dict[str, list[str]] = {}
+    for entry in entries:
+        svc = entry["Service"]
+        address = svc.get("Address") or entry["Node"]["Address"]
+        for tag in svc.get("Tags") or []:
+            found.setdefault(tag, []).append(f"{address}:{svc['Port']}")
+    return found
+
+
 # --- KV ------------------------------------------------------------------------------------
 
 

@@ -16,14 +16,19 @@ DNS would overwrite. Each pool's backend is named after the pool.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import re
+import secrets
 import socket
+import struct
 import time
 
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "cabify_lb"
+log = logging.getLogger(__name__)
 
 _LOG_LINE = re.compile(
     r"\[(?P<date>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\] \S+ (?P<backend>[\w.-]+)/(?P<server>[\w.-]+) "
@@ -71,16 +76,104 @@ def _addressed(dump: str) -> int:
     return found
 
 
+def _dns_answers(name: str, qtype: int, timeout: float = 0.5) -> int | None:
+    """How many answers the DNS server HAProxy's resolvers ask (the host's Consul
+    agent) gives for NAME (QTYPE: 1 A, 33 SRV): 0 for no such name, None when it does
+    not answer or answers with an error."""
+    server = __salt__["config.get"]("haproxy:resolvers:nameserver", "127.0.0.1")
+    port = int(__salt__["config.get"]("haproxy:resolvers:port", 8600))
+    ident = secrets.randbelow(65536)
+    labels = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".") if label)
+    query = (
+        struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + labels + b"\x00" + struct.pack(">HH", qtype, 1)
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(query, (server, port))
+            answer = sock.recv(65535)
+        except OSError:
+            return None
+    if len(answer) < 12 or struct.unpack(">H", answer[:2])[0] != ident:
+        return None
+    rcode = answer[3] & 0x0F
+    if rcode == 3:  # NXDOMAIN
+        return 0
+    return struct.unpack(">H", answer[6:8])[0] if rcode == 0 else None
+
+
+def dns_answers() -> bool:
+    """
+    Whether the DNS server HAProxy's resolvers ask (``haproxy:resolvers:nameserver``
+    and ``port``: the host's Consul agent) answers.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.dns_answers
+    """
+    return _dns_answers("consul.service.consul", 1) is not None
+
+
+def pools_resolve() -> bool:
+    """
+    Whether every backend's stable replicas (``_<pool>._stable.service.consul``) are
+    in Consul's DNS: what a HAProxy that starts from DNS alone needs to serve at once.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.pools_resolve
+    """
+    backends = __salt__["config.get"]("haproxy:backends", {}) or {}
+    return all(bool(_dns_answers(f"_{pool}._stable.service.consul", 33)) for pool in backends)
+
+
+def _write(path: str, text: str) -> None:
+    """Replace PATH whole with TEXT (written beside it, then renamed)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise CommandExecutionError(f"saving HAProxy's server state to {path}: {err}") from err
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as known:
+            return known.read()
+    except FileNotFoundError:
+        return ""
+
+
 def save_server_state(path: str | None = None) -> str:
     """
-    Save what HAProxy knows of every server (``show servers state``: address, state,
-    weight) to PATH (default ``haproxy:server_state:file``), which a new HAProxy
-    process loads (``load-server-state-from-file``): a HAProxy reloaded or restarted
-    while Consul is down then serves the last known replicas. The file is replaced
-    whole (written beside it, then renamed). A dump without any addressed server never
-    replaces a file that has some (a HAProxy that just started with nothing to serve
-    must not erase what the last one knew). Says what it did; an error only when the
-    file cannot be written.
+    Keep what HAProxy knows of every server (``show servers state``: address, state,
+    weight) for a HAProxy that starts while Consul is down. PATH (default
+    ``haproxy:server_state:file``) is the file every new HAProxy process loads
+    (``load-server-state-from-file``); the last dump is kept beside it in
+    ``PATH.last``.
+
+    - Consul's DNS answers, with every pool's stable replicas: the dump goes to
+      ``PATH.last``, and PATH holds no server. A new process then learns every server
+      from DNS alone: a loaded server whose replica has gone would stay (HAProxy 2.6
+      resolves its saved name on its own, and Consul answers the address names it
+      gives forever).
+    - Otherwise (Consul down, or just back and its checks not passing yet): PATH gets
+      the last dump, so a HAProxy reloaded or restarted during the outage serves the
+      last known replicas. Once Consul answers again, the slots such a HAProxy loaded
+      and Consul no longer lists are put in maintenance (``sweep_slots``).
+
+    A dump without any addressed server never replaces one that has some (a HAProxy
+    that just started with nothing to serve must not erase what the last one knew).
+    Says what it did; an error only when a file cannot be written.
 
     CLI Example:
 
@@ -89,28 +182,58 @@ def save_server_state(path: str | None = None) -> str:
         salt-call cabify_lb.save_server_state
     """
     path = path or __salt__["config.get"]("haproxy:server_state:file", "/var/lib/haproxy/server-state")
+    last = f"{path}.last"
     try:
         dump = command("show servers state")
     except CommandExecutionError as err:
-        return f"kept {path}: HAProxy's runtime API does not answer ({err})"
-    if not dump.startswith("1\n"):
-        return f"kept {path}: HAProxy answered {dump[:200]!r}, not a server state"
-    servers = _addressed(dump)
-    if not servers and os.path.exists(path):
-        with open(path, encoding="utf-8") as known:
-            if _addressed(known.read()):
-                return f"kept {path}: HAProxy knows no server's address, the file does"
-    temporary = f"{path}.{os.getpid()}.tmp"
+        dump = f"HAProxy's runtime API does not answer ({err})"
+    fresh = dump.startswith("1\n") and (_addressed(dump) or not _addressed(_read(last)))
+    if fresh and dump != _read(last):
+        _write(last, dump)
+    kept = _read(last)
+    if dns_answers() and pools_resolve():
+        header = "".join(kept.splitlines(keepends=True)[:2]) or "1\n"
+        if _read(path) != header:
+            _write(path, header)
+        said = f"Consul answers: {_addressed(kept)} addressed server(s) kept in {last}; {path} holds none"
+        swept = _sweep()
+        return said + (f"; slots swept: {swept}" if swept else "")
+    if _addressed(kept) and not _addressed(_read(path)):
+        # Once: what a new process loads then stays as it was when Consul went.
+        _write(path, kept)
+    return (
+        f"Consul does not answer for every pool: {path} holds the last {_addressed(kept)} addressed server(s)"
+    )
+
+
+def _sweep() -> dict:
+    """sweep_slots on every backend, with what the last sweep found absent (kept in
+    /run/cabify): what changed, by backend."""
+    memory = "/run/cabify/lb-sweep.json"
     try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(dump)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise CommandExecutionError(f"saving HAProxy's server state to {path}: {err}") from err
-    return f"saved {servers} addressed server(s) to {path}"
+        with open(memory, encoding="utf-8") as saved:
+            before = json.load(saved)
+    except (OSError, ValueError):
+        before = {}
+    now, changed = {}, {}
+    for backend in __salt__["config.get"]("haproxy:backends", {}) or {}:
+        try:
+            swept = sweep_slots(backend, __salt__["cabify_consul.passing"](backend), before.get(backend))
+        except CommandExecutionError as err:
+            log.warning("cabify_lb: sweeping %s's slots: %s", backend, err)
+            continue
+        now[backend] = swept["absent"]
+        if swept["maint"] or swept["ready"]:
+            changed[backend] = {"maint": swept["maint"], "ready": swept["ready"]}
+            log.warning(
+                "cabify_lb: %s: slots out of Consul in maintenance %s, back %s",
+                backend,
+                swept["maint"],
+                swept["ready"],
+            )
+    os.makedirs(os.path.dirname(memory), exist_ok=True)
+    _write(memory, json.dumps(now))
+    return changed
 
 
 def _rows(backend: str) -> list[dict]:
@@ -293,6 +416,7 @@ def agreement(backend: str, expected: dict[str, int | None]) -> list[str]:
 # the runtime API sets (resolution or configuration set the others).
 _FORCED_MAINT = 0x01
 _FORCED_DRAIN = 0x08
+_NO_ADDRESS = 0x20
 
 
 def server_states(backend: str) -> list[dict]:
@@ -343,6 +467,48 @@ def release_stuck_slots(backend: str, live: list[str]) -> list[str]:
     for slot in stuck:
         set_state(backend, slot, "ready")
     return stuck
+
+
+def sweep_slots(
+    backend: str, passing: dict[str, list[str]], absent_before: list[str] | None = None
+) -> dict[str, list[str]]:
+    """
+    Keep BACKEND's slots to what Consul says (PASSING: role -> ``address:port``, as
+    ``cabify_consul.passing`` gives it). A slot HAProxy loaded from its saved server
+    state stays even once its replica is gone (HAProxy 2.6 resolves its saved name on
+    its own), and would send requests to whatever takes that address next: such a slot
+    goes to maintenance, and comes back when Consul lists its address for its role
+    again. A slot is put in maintenance only if it was already absent at the sweep
+    before (ABSENT_BEFORE, from the last answer's ``absent``): DNS drops the slots it
+    gave within its interval, and a slot a release drains is left alone. With no
+    stable replica passing at all (Consul just started, its checks not run yet) the
+    stable slots are left alone.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.sweep_slots cabify '{stable: [172.18.0.5:8080]}'
+    """
+    swept: dict[str, list[str]] = {"maint": [], "ready": [], "absent": []}
+    for row in server_states(backend):
+        if row["address"] is None or row["admin_state"] & (_FORCED_DRAIN | _NO_ADDRESS):
+            continue
+        role = row["name"].rstrip("0123456789")
+        if role == "stable" and not passing.get(role):
+            continue
+        where = f"{row['name']}@{row['address']}:{row['port']}"
+        listed = f"{row['address']}:{row['port']}" in set(passing.get(role, []))
+        maint = bool(row["admin_state"] & _FORCED_MAINT)
+        if not listed and not maint:
+            swept["absent"].append(where)
+            if where in (absent_before or []):
+                set_state(backend, row["name"], "maint")
+                swept["maint"].append(where)
+        elif listed and maint:
+            set_state(backend, row["name"], "ready")
+            swept["ready"].append(where)
+    return swept
 
 
 def undrain(backend: str, address: str, port: int) -> str | None:

@@ -38,9 +38,14 @@ def role_of(row: dict) -> str:
 def servers(rows: list[dict]) -> dict[str, dict]:
     """The servers of ROWS that have an address, by ``address:port``: slot name, role,
     state, whether it is ``up`` (``UP``, or ``UP 1/2``: up and serving, one more failed
-    check from down), weight and current sessions."""
-    return {
-        row["addr"]: {
+    check from down), weight and current sessions. Where two slots hold one address (a
+    slot in maintenance that HAProxy kept from its saved state, beside the one DNS
+    gave), the one not in maintenance stands for it."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        if not row.get("addr"):
+            continue
+        server = {
             "name": row["svname"],
             "role": role_of(row),
             "state": row["status"],
@@ -48,9 +53,10 @@ def servers(rows: list[dict]) -> dict[str, dict]:
             "weight": int(row.get("uweight") or row.get("weight") or 0),
             "sessions": int(row.get("scur") or 0),
         }
-        for row in rows
-        if row.get("addr")
-    }
+        known = found.get(row["addr"])
+        if known is None or (known["state"].startswith("MAINT") and not server["state"].startswith("MAINT")):
+            found[row["addr"]] = server
+    return found
 
 
 def disagreement(found: dict[str, dict], expected: dict[str, int | None]) -> tuple[list[str], list[str]]:

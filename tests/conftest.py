@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import subprocess
 import time
 from typing import Any, ClassVar
 
@@ -40,6 +41,13 @@ def salt_master(salt_factories):
     # `make test` stops the daemons of `make up` first).
     overrides["interface"] = "0.0.0.0"  # noqa: S104
     overrides |= {"publish_port": 4505, "ret_port": 4506}
+    for port in (4505, 4506):
+        held = subprocess.run(
+            ["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True, check=False
+        )
+        assert not held.stdout.strip(), (
+            f"port {port} is taken (by the salt-master of `make up`, or of a killed run?): {held.stdout}"
+        )
     factory = salt_factories.salt_master_daemon("cabify-master", overrides=overrides)
     with factory.started(start_timeout=120):
         yield factory

@@ -135,16 +135,23 @@ def lb_health(lb: str, frontend: str = "cabify") -> dict[str, str]:
 
 
 def lb_servers(lb: str, backend: str = "cabify") -> dict[str, str]:
-    """LB's servers of BACKEND that have an address: ``address:port`` -> status."""
+    """LB's servers of BACKEND that have an address: ``address:port`` -> status (of the
+    slot not in maintenance, where two slots hold one address)."""
     text = host_run(lb, "python3", "-c", _SHOW_STAT, timeout=10)
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    return {
-        r["addr"]: r["status"]
-        for r in rows
-        if r["pxname"] == backend
-        and r["svname"] not in ("FRONTEND", "BACKEND")
-        and r.get("addr") not in ("", "-", None)
-    }
+    found: dict[str, str] = {}
+    for r in rows:
+        if (
+            r["pxname"] != backend
+            or r["svname"] in ("FRONTEND", "BACKEND")
+            or r.get("addr") in ("", "-", None)
+        ):
+            continue
+        # A slot in maintenance beside another one of the same address (kept from a saved
+        # server state) does not hide the one that serves.
+        if r["addr"] not in found or found[r["addr"]].startswith("MAINT"):
+            found[r["addr"]] = r["status"]
+    return found
 
 
 def haproxy_stats(lb: str, backend: str = "cabify") -> list[dict]:

@@ -153,6 +153,14 @@ def test_the_virtual_address_moves_within_3s_when_its_haproxy_stops_and_stays_wh
 # --- an LB through a Consul outage ----------------------------------------------------
 
 
+def state_to_load(lb: str) -> set[str]:
+    """The addresses in the server state a new HAProxy on LB loads (none while Consul
+    answers there)."""
+    text = host_run(lb, "cat", "/var/lib/haproxy/server-state", check=False)
+    rows = [line.split() for line in text.splitlines()[1:] if line and not line.startswith("#")]
+    return {r[4] for r in rows if len(r) > 4 and r[4] not in ("-", "0.0.0.0")}  # noqa: S104
+
+
 def twenty_answers(lb: str) -> list[int]:
     statuses = []
     for _ in range(20):
@@ -173,6 +181,11 @@ def test_an_lb_serves_through_a_consul_outage_reloaded_and_restarted(fleet, flee
         with load_through(lb) as clients:
             host_run(lb, "/etc/init.d/consul", "stop")
             since = time.monotonic()
+            wait_for(
+                lambda: {a.split(":")[0] for a in known} <= state_to_load(lb),
+                30,
+                f"{lb}'s server state to load listing every replica it serves",
+            )
             wait_for(lambda: time.monotonic() - since > 35, 40, "the outage past HAProxy's former 30 s hold")
             host_run(lb, "/etc/init.d/haproxy", "reload")
             served_more(clients, 200)
@@ -196,6 +209,9 @@ def test_an_lb_serves_through_a_consul_outage_reloaded_and_restarted(fleet, flee
     finally:
         failed_states, _ = state_results(fleet_cli.run(lb, "state.apply", "consul"))
         assert not failed_states, f"{lb}: Consul did not start again: {failed_states}"
+    # The HAProxy that started from saved servers is reloaded from DNS alone.
+    wait_for(lambda: not state_to_load(lb), 30, f"{lb}'s server state to load emptied once Consul answers")
+    wait_for(lambda: in_rotation(lb) == known, 30, f"{lb} serving exactly the replicas it knew")
     # Changes flow again: a canary replica started on an app host reaches the LB.
     host = APP_HOSTS[0]
     canary = fleet_cli.run(host, "cabify_pool.start", "cabify", "1", role="canary")[host]

@@ -15,8 +15,10 @@ from tests.helpers import (
     CONSUL,
     FRONTEND,
     haproxy_info,
+    haproxy_servers,
     haproxy_up_addresses,
     http,
+    is_up,
     running_replicas,
     wait_for,
 )
@@ -38,10 +40,11 @@ def consul_answers() -> bool:
     return status == 200
 
 
-def saved_addresses() -> set[str]:
-    """The addresses HAProxy's saved server state holds for pool cabify."""
+def saved_addresses(path: str = SERVER_STATE) -> set[str]:
+    """The addresses a saved server state (by default the one a new HAProxy loads)
+    holds for pool cabify."""
     try:
-        with open(SERVER_STATE, encoding="utf-8") as saved:
+        with open(path, encoding="utf-8") as saved:
             lines = saved.read().splitlines()
     except FileNotFoundError:
         return set()
@@ -83,9 +86,15 @@ def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_
     salt_cli, steady, consul_stopped
 ):
     replicas = set(running_replicas().values())
-    wait_for(lambda: replicas <= saved_addresses(), 30, f"HAProxy's saved server state listing {replicas}")
+    # With Consul up, a new HAProxy learns servers from DNS alone; the last dump waits.
+    wait_for(
+        lambda: replicas <= saved_addresses(SERVER_STATE + ".last") and not saved_addresses(),
+        30,
+        f"HAProxy's last server state listing {replicas}, and none to load",
+    )
     with LoadClient(workers=8, max_seconds=OUTAGE + 120) as before_restart:
         since = consul_stopped()
+        wait_for(lambda: replicas <= saved_addresses(), 30, f"the server state to load listing {replicas}")
         wait_for(lambda: time.monotonic() - since > FORMER_HOLD + 5, FORMER_HOLD + 10, "past the former hold")
         pid = haproxy_info()["Pid"]
         assert salt_cli.run("service.reload", "haproxy").returncode == 0
@@ -110,12 +119,23 @@ def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_
     )
     assert statuses == [200] * 20
     assert not consul_answers(), "Consul came back before the end of the outage"
+    restarted = haproxy_info()["Pid"]
     with LoadClient(workers=8, max_seconds=OUTAGE + 120) as after_restart:
         wait_for(
             lambda: time.monotonic() - since >= OUTAGE, OUTAGE + 10, f"the end of the {OUTAGE:.0f}s outage"
         )
         assert salt_cli.run("service.start", "consul").returncode == 0
         wait_for(consul_answers, 60, "Consul back, with a leader")
+        # No server the restarted HAProxy loaded serves unless Consul still has it.
+        wait_for(lambda: not saved_addresses(), 30, "the server state to load emptied once Consul answers")
+
+        def serving() -> list[str]:
+            return sorted(s["addr"].rsplit(":", 1)[0] for s in haproxy_servers() if is_up(s["status"]))
+
+        wait_for(
+            lambda: serving() == sorted(replicas), 30, f"HAProxy serving exactly the replicas {replicas}"
+        )
+        assert haproxy_info()["Pid"] == restarted, "HAProxy was reloaded once Consul was back"
         # Changes flow again: a new instance registered in Consul is served.
         replica = StandInReplica("test-outage-stand-in")
         try:
