@@ -28,6 +28,6 @@ def test_minion_lists_only_formulas_and_modules(salt_cli, highstate):
         "cabify/init.sls" in files and "_modules/cabify_pool.py" in files and "_utils/cabify_kv.py" in files
     )
     tops = {path.split("/")[0] for path in files}
-    formulas = {"cabify", "common", "consul", "docker", "haproxy", "registry"}
+    formulas = {"cabify", "common", "consul", "docker", "firewall", "haproxy", "keepalived", "registry"}
     allowed = {"_beacons", "_modules", "_states", "_utils"} | formulas
     assert tops <= allowed | {"lib", "orch", "reactor", "top.sls"}, sorted(tops - allowed)
