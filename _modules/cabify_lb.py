@@ -153,10 +153,26 @@ def _read(path: str) -> str:
         return ""
 
 
+def _serving_only(dump: str) -> str:
+    """The rows of a ``show servers state`` DUMP whose server serves: UP, and neither
+    in maintenance nor drained (a slot the sweep put aside, a replica a release is
+    draining). A server a new process must not start from is left out whole."""
+    aside = _FORCED_MAINT | _FORCED_DRAIN | _NO_ADDRESS
+
+    def serves(number: int, line: str) -> bool:
+        fields = line.split()
+        if number < 2 or line.startswith("#") or len(fields) < 7:
+            return True
+        return fields[5] == "2" and not int(fields[6]) & aside
+
+    return "".join(line for n, line in enumerate(dump.splitlines(keepends=True)) if serves(n, line))
+
+
 def save_server_state(path: str | None = None) -> str:
     """
-    Keep what HAProxy knows of every server (``show servers state``: address, state,
-    weight) for a HAProxy that starts while Consul is down. PATH (default
+    Keep what HAProxy knows of every server that serves (``show servers state``:
+    address, state, weight; servers down, in maintenance or drained are left out) for
+    a HAProxy that starts while Consul is down. PATH (default
     ``haproxy:server_state:file``) is the file every new HAProxy process loads
     (``load-server-state-from-file``); the last dump is kept beside it in
     ``PATH.last``.
@@ -184,7 +200,7 @@ def save_server_state(path: str | None = None) -> str:
     path = path or __salt__["config.get"]("haproxy:server_state:file", "/var/lib/haproxy/server-state")
     last = f"{path}.last"
     try:
-        dump = command("show servers state")
+        dump = _serving_only(command("show servers state"))
     except CommandExecutionError as err:
         dump = f"HAProxy's runtime API does not answer ({err})"
     fresh = dump.startswith("1\n") and (_addressed(dump) or not _addressed(_read(last)))

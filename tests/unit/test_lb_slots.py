@@ -64,3 +64,17 @@ def test_a_slot_in_maintenance_does_not_hide_the_one_that_serves_the_same_addres
     found = analysis.servers(rows)
     assert found["10.0.0.1:8080"]["name"] == "stable1" and found["10.0.0.1:8080"]["up"]
     assert found["10.0.0.2:8080"]["name"] == "stable2"
+
+
+def test_only_serving_servers_are_kept_for_a_haproxy_that_starts_during_an_outage():
+    dump = (
+        "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
+        "3 cabify 1 stable1 10.0.0.1 2 64 1\n"  # UP, its name from DNS: kept
+        "3 cabify 2 stable2 10.0.0.2 2 1 1\n"  # in maintenance (swept aside)
+        "3 cabify 3 stable3 - 0 32 1\n"  # no address
+        "3 cabify 4 stable4 10.0.0.4 0 0 1\n"  # DOWN
+        "3 cabify 5 stable5 10.0.0.5 2 8 1\n"  # drained by a release
+    )
+    kept = lb._serving_only(dump)
+    assert kept.splitlines()[2:] == ["3 cabify 1 stable1 10.0.0.1 2 64 1"]
+    assert kept.startswith("1\n# be_id")
