@@ -82,6 +82,10 @@ BARRIER_POLL = 0.1
 FAST_POLL = 0.1
 # How often the operator's commands are read while a canary takes requests.
 COMMAND_POLL = 0.5
+# How often an abort looks again for canary slots an LB filled after its first drain.
+CANARY_REDRAIN = 0.1
+# How long a skipped trigger waits for the claim of the release that skipped it.
+CLAIM_WAIT = 20
 
 
 def __virtual__():
@@ -434,11 +438,24 @@ class Release:
 
     def note_skip(self, reason: str) -> None:
         """Count a trigger that was skipped in the claim (``skipped``, the newest 20):
-        how many times a change was asked for, beside the one release it made."""
+        how many times a change was asked for, beside the one release it made. A skip
+        because the release of the same change holds the lock waits (CLAIM_WAIT at most)
+        for that release's claim, which would otherwise start the count again without it."""
         claims = _kv("trigger", self.pool)
-        for _ in range(10):
+        key = self.request.get("trigger")
+        _, change = self.consul.kv.get(key) if key else (None, None)
+        deadline, attempts = time.monotonic() + CLAIM_WAIT, 0
+        while attempts < 10:
             _, entry = self.consul.kv.get(claims)
             seen = _kv("decode", (entry or {}).get("Value")) or {}
+            if (
+                change
+                and int(seen.get("index", -1)) < int(change["ModifyIndex"])
+                and time.monotonic() < deadline
+            ):
+                time.sleep(BARRIER_POLL)
+                continue
+            attempts += 1
             skipped = [*seen.get("skipped", []), {"id": self.id, "at": _now(), "reason": reason}][-20:]
             if self.consul.kv.put(
                 claims, _kv("encode", {**seen, "skipped": skipped}), cas=(entry or {}).get("ModifyIndex", 0)
@@ -1146,6 +1163,20 @@ class Release:
         release's failure (saying what of the abort failed, if anything)."""
         seen = time.monotonic()
         self.record["abort"] = {"reason": str(cause), **self.canaries_off_every_lb(seen)}
+        done = threading.Event()
+        keeper = threading.Thread(
+            target=self.keep_canaries_off, args=(done,), name="canaries-off", daemon=True
+        )
+        keeper.start()
+        try:
+            self._remove_canaries(cause, release)
+        finally:
+            done.set()
+            keeper.join(5)
+
+    def _remove_canaries(self, cause: Exception, release: dict) -> None:
+        """The abort's second part: the canaries out of Consul, stopped, and every LB
+        agreeing again (see abort_canary)."""
         # A canary whose start was under way is in the journal once that start ends.
         self._quietly("finishing the canaries' start", self.pending.wait)
         canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
@@ -1179,39 +1210,59 @@ class Release:
     def canaries_off_every_lb(self, seen: float) -> dict:
         """Drain every canary slot of the pool on every LB now: on its stats page (the
         admin form, which the LB allows from the master alone: ``haproxy:stats:admin_from``),
-        or through Salt where that fails. How long after SEEN every LB had them out."""
-        pages = self.pages or {}
-
-        def off(lb: str) -> str:
-            rows = self.lb_rows_of(lb)
-            slots = [
-                r["svname"]
-                for r in rows
-                if __utils__["cabify_analysis.role_of"](r) == "canary" and r.get("addr")
-            ]
-            if slots and pages.get(lb):
-                form = urllib.parse.urlencode(
-                    [("b", self.pool), ("action", "drain"), *(("s", s) for s in slots)]
-                )
-                request = urllib.request.Request(  # noqa: S310 - the http URL of the LB's pillar
-                    pages[lb].split(";", 1)[0], data=form.encode(), method="POST"
-                )
-                try:
-                    with urllib.request.urlopen(request, timeout=1) as resp:  # noqa: S310 - the LB's own page
-                        if "st=DONE" in resp.url:
-                            return "stats page"
-                        log.warning(
-                            "cabify controller: %s's stats page did not drain the canaries: %s", lb, resp.url
-                        )
-                except (OSError, ValueError) as err:
-                    log.warning("cabify controller: draining the canaries on %s's stats page: %s", lb, err)
-            addresses = [r["addr"] for r in rows if r["svname"] in slots]
-            if addresses:
-                _salt([lb], "cabify_lb.drain_servers", [self.pool, addresses])
-            return "salt"
-
-        ways = dict(zip(self.lbs, _each([(off, lb) for lb in self.lbs]), strict=True))
+        or through Salt where that fails. How long after SEEN every LB had them out, and
+        how on each (``none yet`` where an LB had no canary slot: ``keep_canaries_off``
+        drains it once it has one)."""
+        ways = dict(zip(self.lbs, _each([(self.canaries_off, lb) for lb in self.lbs]), strict=True))
         return {"out_of_every_lb_after": round(time.monotonic() - seen, 3), "how": ways}
+
+    def canaries_off(self, lb: str) -> str:
+        """LB's canary slots that may take requests (not drained, in maintenance or of
+        weight 0) drained: how."""
+        rows = self.lb_rows_of(lb)
+        slots = [
+            r["svname"]
+            for r in rows
+            if __utils__["cabify_analysis.role_of"](r) == "canary"
+            and r.get("addr")
+            and not str(r.get("status", "")).startswith(("DRAIN", "MAINT"))
+            and str(r.get("weight", "")) != "0"
+        ]
+        if not slots:
+            return "none yet"
+        page = (self.pages or {}).get(lb)
+        if page:
+            form = urllib.parse.urlencode([("b", self.pool), ("action", "drain"), *(("s", s) for s in slots)])
+            request = urllib.request.Request(  # noqa: S310 - the http URL of the LB's pillar
+                page.split(";", 1)[0], data=form.encode(), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=1) as resp:  # noqa: S310 - the LB's own page
+                    if "st=DONE" in resp.url:
+                        return "stats page"
+                    log.warning(
+                        "cabify controller: %s's stats page did not drain the canaries: %s", lb, resp.url
+                    )
+            except (OSError, ValueError) as err:
+                log.warning("cabify controller: draining the canaries on %s's stats page: %s", lb, err)
+        _salt([lb], "cabify_lb.drain_servers", [self.pool, [r["addr"] for r in rows if r["svname"] in slots]])
+        return "salt"
+
+    def keep_canaries_off(self, done: threading.Event) -> None:
+        """Until DONE (the canaries are out of Consul and stopped): a canary slot that an
+        LB fills meanwhile (its DNS answer came after the first drain) is drained too,
+        within CANARY_REDRAIN; each such late drain is counted in the abort's record."""
+        late = self.record["abort"].setdefault("drained_late", {})
+        while not done.wait(CANARY_REDRAIN):
+            for lb in self.lbs:
+                try:
+                    how = self.canaries_off(lb)
+                except Exception as err:  # noqa: BLE001 - the next round tries again
+                    log.warning("cabify controller: keeping the canaries off %s: %s", lb, err)
+                    continue
+                if how != "none yet":
+                    late[lb] = late.get(lb, 0) + 1
+                    log.info("cabify controller: %s had a canary slot again: drained (%s)", lb, how)
 
     def reconcile(self) -> None:
         _salt(self.apps, "cabify_pool.reconcile", [self.pool])

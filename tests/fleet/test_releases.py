@@ -227,12 +227,15 @@ def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_k
         record = ended_release(since, other, f"the release to {other} that the KV change asked for")
         served_more(clients)
     assert record["result"] == "succeeded" and record["to"] == other, record
+
+    def claim_of_every_beacon() -> dict:
+        claim = fleet_kv("cabify/triggers/cabify") or {}
+        if claim.get("release") == record["id"] and 1 + len(claim.get("skipped", [])) >= len(HOSTS):
+            return claim
+        raise LookupError(f"the claim so far: {claim}")  # wait_for's message shows it
+
     claim = wait_for(
-        lambda: (
-            (c := fleet_kv("cabify/triggers/cabify") or {}).get("release") == record["id"]
-            and 1 + len(c.get("skipped", [])) >= len(HOSTS)
-            and c
-        ),
+        claim_of_every_beacon,
         120,
         f"the change asked for by each of the {len(HOSTS)} hosts' beacons",
     )
