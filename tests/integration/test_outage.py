@@ -6,8 +6,12 @@ back, a pool change reaches HAProxy again."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import subprocess
+import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -30,6 +34,7 @@ OUTAGE = float(os.environ.get("CABIFY_CONSUL_OUTAGE_SECONDS", "300"))
 # the reload and the restart come after it, when only the new holds keep the servers.
 FORMER_HOLD = 30
 SERVER_STATE = "/var/lib/haproxy/server-state"
+RAFT_SNAPSHOTS = "/var/lib/consul/raft/snapshots"
 
 
 def consul_answers() -> bool:
@@ -50,6 +55,62 @@ def saved_addresses(path: str = SERVER_STATE) -> set[str]:
         return set()
     rows = [line.split() for line in lines[1:] if line and not line.startswith("#")]
     return {r[4] for r in rows if len(r) > 4 and r[1] == "cabify" and r[4] not in ("-", "0.0.0.0")}  # noqa: S104
+
+
+def pool_index() -> int:
+    """The Raft index of the pool's last change in Consul's catalog."""
+    with urllib.request.urlopen(f"{CONSUL}/v1/health/service/cabify", timeout=5) as resp:  # noqa: S310
+        return int(resp.headers["X-Consul-Index"])
+
+
+def snapshot_index() -> int:
+    """The Raft index of the server's newest snapshot (directories term-index-time)."""
+    names = os.listdir(RAFT_SNAPSHOTS) if os.path.isdir(RAFT_SNAPSHOTS) else []
+    return max((int(n.split("-")[1]) for n in names if n.count("-") == 2), default=0)
+
+
+class DnsWatch(threading.Thread):
+    """Every address Consul's DNS gives for pool cabify while it runs (every 20 ms):
+    a server that restarts must not answer replicas that left before it stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            answer = subprocess.run(
+                [
+                    "dig",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "@127.0.0.1",
+                    "-p",
+                    "8600",
+                    "cabify.service.consul",
+                    "SRV",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            for line in answer.splitlines():
+                target = line.split()[-1] if len(line.split()) == 4 else ""
+                label = target.split(".", 1)[0]
+                if target.endswith(".addr.dc1.consul.") and len(label) == 8:
+                    self.seen.add(str(ipaddress.IPv4Address(bytes.fromhex(label))))
+                elif target:
+                    self.seen.add(target)
+
+    def __enter__(self) -> DnsWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.join(5)
 
 
 def twenty_answers() -> list[int]:
@@ -92,6 +153,10 @@ def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_
         30,
         f"HAProxy's last server state listing {replicas}, and none to load",
     )
+    # A server that restarts replays what changed since its last snapshot: changes of
+    # the last seconds before a crash (see DnsWatch). The pool's are in one here.
+    changed = pool_index()
+    wait_for(lambda: snapshot_index() >= changed, 30, f"a Raft snapshot at or past index {changed}")
     with LoadClient(workers=8, max_seconds=OUTAGE + 120) as before_restart:
         since = consul_stopped()
         wait_for(lambda: replicas <= saved_addresses(), 30, f"the server state to load listing {replicas}")
@@ -124,8 +189,15 @@ def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_
         wait_for(
             lambda: time.monotonic() - since >= OUTAGE, OUTAGE + 10, f"the end of the {OUTAGE:.0f}s outage"
         )
-        assert salt_cli.run("service.start", "consul").returncode == 0
-        wait_for(consul_answers, 60, "Consul back, with a leader")
+        with DnsWatch() as dns:
+            assert salt_cli.run("service.start", "consul").returncode == 0
+            wait_for(consul_answers, 60, "Consul back, with a leader")
+            wait_for(lambda: dns.seen, 10, "Consul's DNS answering for the pool")
+            answered_from = time.monotonic()
+            wait_for(lambda: time.monotonic() - answered_from > 3, 5, "3 s of Consul's DNS answers")
+        # A restarted server replays its log since its last snapshot: each state
+        # it passes through must be no older than the outage (consul:config:raft_snapshot_*).
+        assert dns.seen <= replicas, f"Consul's DNS answered gone replicas once back: {dns.seen - replicas}"
         # No server the restarted HAProxy loaded serves unless Consul still has it.
         wait_for(lambda: not saved_addresses(), 30, "the server state to load emptied once Consul answers")
 
