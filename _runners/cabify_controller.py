@@ -195,7 +195,13 @@ def _each(calls: list[tuple]) -> list:
 
 
 class Skipped(Exception):
-    """The release asked for has nothing to do: its trigger was handled already."""
+    """The release asked for has nothing to do: its trigger was handled already. With
+    AWAITS_CLAIM, by the release that holds the lock for the same change, whose claim
+    may not be written yet."""
+
+    def __init__(self, reason: str, awaits_claim: bool = False):
+        super().__init__(reason)
+        self.awaits_claim = awaits_claim
 
 
 class _Renewal:
@@ -393,13 +399,15 @@ class Release:
         # The controller's process: one that died on this master is known at once (see
         # recover), not only once its session expires.
         holder["pid"] = os.getpid()
+        holder["trigger"] = self.request.get("trigger")
         if not self.consul.kv.put(key, _kv("encode", holder), acquire=session):
             self.consul.session.destroy(session)
             _, entry = self.consul.kv.get(key)
             other = _kv("decode", (entry or {}).get("Value")) or {}
             if self.request.get("trigger") and other.get("to") == self.version:
                 raise Skipped(
-                    f"release {other.get('id')} to version {self.version} is running: this change is its"
+                    f"release {other.get('id')} to version {self.version} is running: this change is its",
+                    awaits_claim=other.get("trigger") == self.request["trigger"],
                 )
             raise CommandExecutionError(
                 f"another release of pool {self.pool} is running: release {other.get('id')} to version "
@@ -436,14 +444,14 @@ class Release:
             raise Skipped(f"change {entry['ModifyIndex']} of {key} was released by {seen.get('release')}")
         self.put(claims, {"key": key, "index": entry["ModifyIndex"], "release": self.id, "skipped": []})
 
-    def note_skip(self, reason: str) -> None:
+    def note_skip(self, reason: str, awaits_claim: bool = False) -> None:
         """Count a trigger that was skipped in the claim (``skipped``, the newest 20):
-        how many times a change was asked for, beside the one release it made. A skip
-        because the release of the same change holds the lock waits (CLAIM_WAIT at most)
-        for that release's claim, which would otherwise start the count again without it."""
+        how many times a change was asked for, beside the one release it made. With
+        AWAITS_CLAIM (the release of the same change holds the lock) it first waits,
+        CLAIM_WAIT at most, for that release's claim, which would otherwise start the
+        count again without this skip."""
         claims = _kv("trigger", self.pool)
-        key = self.request.get("trigger")
-        _, change = self.consul.kv.get(key) if key else (None, None)
+        change = self.consul.kv.get(self.request["trigger"])[1] if awaits_claim else None
         deadline, attempts = time.monotonic() + CLAIM_WAIT, 0
         while attempts < 10:
             _, entry = self.consul.kv.get(claims)
@@ -1164,19 +1172,17 @@ class Release:
         seen = time.monotonic()
         self.record["abort"] = {"reason": str(cause), **self.canaries_off_every_lb(seen)}
         done = threading.Event()
-        keeper = threading.Thread(
-            target=self.keep_canaries_off, args=(done,), name="canaries-off", daemon=True
-        )
-        keeper.start()
-        try:
-            self._remove_canaries(cause, release)
-        finally:
-            done.set()
-            keeper.join(5)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="canaries-off") as keeper:
+            late = keeper.submit(contextvars.copy_context().run, self.keep_canaries_off, done)
+            try:
+                self._remove_canaries(cause, release, late, done)
+            finally:
+                done.set()
 
-    def _remove_canaries(self, cause: Exception, release: dict) -> None:
+    def _remove_canaries(self, cause: Exception, release: dict, late, done: threading.Event) -> None:
         """The abort's second part: the canaries out of Consul, stopped, and every LB
-        agreeing again (see abort_canary)."""
+        agreeing again (see abort_canary); LATE (the future of keep_canaries_off, which
+        DONE stops) says how many canary slots LBs filled after the first drain."""
         # A canary whose start was under way is in the journal once that start ends.
         self._quietly("finishing the canaries' start", self.pending.wait)
         canaries = {host: list(names) for host, names in self.journal["started"].items() if names}
@@ -1185,7 +1191,7 @@ class Release:
         reason = f"canary of version {self.version} aborted: {cause}"
         self.save(phase="aborting")
         self.canary_state(phase="aborting", reason=str(cause))
-        self.progress("aborting", reason=str(cause), abort=self.record.get("abort"))
+        self.progress("aborting", reason=str(cause), abort=dict(self.record.get("abort") or {}))
         problems = []
         try:
             if canaries:
@@ -1193,6 +1199,10 @@ class Release:
             self.wait_stops()
         except Exception as err:  # noqa: BLE001 - said in the failure; recovery finishes it
             problems.append(f"removing the canaries: {err}")
+        done.set()
+        drained_late = late.result(timeout=QUICK)
+        if drained_late:
+            self.record["abort"] = {**self.record["abort"], "drained_late": drained_late}
         for what, func in (("clearing the weights", self.clear_weights), ("reconciling", self.reconcile)):
             try:
                 func()
@@ -1200,7 +1210,9 @@ class Release:
                 problems.append(f"{what}: {err}")
         self.save(phase="aborted" if not problems else "abort incomplete")
         self.canary_state(phase="aborted" if not problems else "abort incomplete", weight=0)
-        self.progress("aborted", reason=str(cause), problems=problems, abort=self.record.get("abort"))
+        self.progress(
+            "aborted", reason=str(cause), problems=problems, abort=dict(self.record.get("abort") or {})
+        )
         if problems:
             raise CommandExecutionError(
                 f"{reason}; the abort is incomplete: {'; '.join(problems)}"
@@ -1212,27 +1224,43 @@ class Release:
         admin form, which the LB allows from the master alone: ``haproxy:stats:admin_from``),
         or through Salt where that fails. How long after SEEN every LB had them out, and
         how on each (``none yet`` where an LB had no canary slot: ``keep_canaries_off``
-        drains it once it has one)."""
-        ways = dict(zip(self.lbs, _each([(self.canaries_off, lb) for lb in self.lbs]), strict=True))
+        drains it once it has one; an LB that could not be asked says why, and the
+        abort's own drain tries it again)."""
+
+        def off(lb: str) -> str:
+            try:
+                return self.canaries_off(lb)
+            except Exception as err:  # noqa: BLE001 - said in the record; the abort goes on
+                log.warning("cabify controller: draining the canaries on %s: %s", lb, err)
+                return f"failed: {err}"
+
+        ways = dict(zip(self.lbs, _each([(off, lb) for lb in self.lbs]), strict=True))
         return {"out_of_every_lb_after": round(time.monotonic() - seen, 3), "how": ways}
 
-    def canaries_off(self, lb: str) -> str:
-        """LB's canary slots that may take requests (not drained, in maintenance or of
-        weight 0) drained: how."""
-        rows = self.lb_rows_of(lb)
-        slots = [
-            r["svname"]
+    def serving_canaries(self, rows: list[dict]) -> list[dict]:
+        """The canary rows of an LB that take requests: up (``UP``, ``UP 1/2``, or
+        ``no check``), with an address and a weight. A drained slot shows ``DRAIN``, one
+        down or in maintenance takes none."""
+        return [
+            r
             for r in rows
             if __utils__["cabify_analysis.role_of"](r) == "canary"
             and r.get("addr")
-            and not str(r.get("status", "")).startswith(("DRAIN", "MAINT"))
+            and str(r.get("status", "")).startswith(("UP", "no check"))
             and str(r.get("weight", "")) != "0"
         ]
-        if not slots:
+
+    def canaries_off(self, lb: str, salt_too: bool = True) -> str:
+        """LB's canary slots that take requests drained, on its stats page (or through
+        Salt, unless not SALT_TOO): how (``none yet`` where it had none)."""
+        rows = self.serving_canaries(self.lb_rows_of(lb))
+        if not rows:
             return "none yet"
         page = (self.pages or {}).get(lb)
         if page:
-            form = urllib.parse.urlencode([("b", self.pool), ("action", "drain"), *(("s", s) for s in slots)])
+            form = urllib.parse.urlencode(
+                [("b", self.pool), ("action", "drain"), *(("s", r["svname"]) for r in rows)]
+            )
             request = urllib.request.Request(  # noqa: S310 - the http URL of the LB's pillar
                 page.split(";", 1)[0], data=form.encode(), method="POST"
             )
@@ -1245,24 +1273,32 @@ class Release:
                     )
             except (OSError, ValueError) as err:
                 log.warning("cabify controller: draining the canaries on %s's stats page: %s", lb, err)
-        _salt([lb], "cabify_lb.drain_servers", [self.pool, [r["addr"] for r in rows if r["svname"] in slots]])
+        if not salt_too:
+            return "not drained"
+        _salt([lb], "cabify_lb.drain_servers", [self.pool, [r["addr"] for r in rows]])
         return "salt"
 
-    def keep_canaries_off(self, done: threading.Event) -> None:
+    def keep_canaries_off(self, done: threading.Event) -> dict[str, int]:
         """Until DONE (the canaries are out of Consul and stopped): a canary slot that an
         LB fills meanwhile (its DNS answer came after the first drain) is drained too,
-        within CANARY_REDRAIN; each such late drain is counted in the abort's record."""
-        late = self.record["abort"].setdefault("drained_late", {})
-        while not done.wait(CANARY_REDRAIN):
-            for lb in self.lbs:
-                try:
-                    how = self.canaries_off(lb)
-                except Exception as err:  # noqa: BLE001 - the next round tries again
-                    log.warning("cabify controller: keeping the canaries off %s: %s", lb, err)
-                    continue
-                if how != "none yet":
-                    late[lb] = late.get(lb, 0) + 1
-                    log.info("cabify controller: %s had a canary slot again: drained (%s)", lb, how)
+        within CANARY_REDRAIN, on each LB's stats page at once. An LB without one is
+        left to the abort's own drain, through Salt. How many late drains on each LB."""
+        late: dict[str, int] = {}
+        lbs = [lb for lb in self.lbs if (self.pages or {}).get(lb)]
+
+        def again(lb: str) -> None:
+            try:
+                how = self.canaries_off(lb, salt_too=False)
+            except Exception as err:  # noqa: BLE001 - the next round tries again
+                log.warning("cabify controller: keeping the canaries off %s: %s", lb, err)
+                return
+            if how != "none yet":
+                late[lb] = late.get(lb, 0) + 1
+                log.info("cabify controller: %s had a canary taking requests again: %s", lb, how)
+
+        while lbs and not done.wait(CANARY_REDRAIN):
+            _each([(again, lb) for lb in lbs])
+        return late
 
     def reconcile(self) -> None:
         _salt(self.apps, "cabify_pool.reconcile", [self.pool])
@@ -1519,7 +1555,7 @@ def _outcome(pool: str, version: str, strategy: str, request: dict, body: str) -
         return release.run(getattr(release, body))
     except Skipped as why:
         log.info("cabify controller: pool %s to %s: skipped: %s", pool, version, why)
-        release._quietly("counting the skip", release.note_skip, str(why))
+        release._quietly("counting the skip", release.note_skip, str(why), why.awaits_claim)
         return {"pool": pool, "to": str(version), "result": "skipped", "reason": str(why)}
     except CommandExecutionError as err:
         # The context's retcode fails an orchestration's salt.runner state; the returned

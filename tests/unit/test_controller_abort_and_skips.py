@@ -68,7 +68,7 @@ def test_a_skip_that_comes_before_its_releases_claim_is_counted_in_that_claim(re
     )
     # The second asker skips (the lock is held) before the first release wrote its
     # claim: it either counted itself at once (in the claim before) or waits.
-    skipper = threading.Thread(target=second.note_skip, args=("release r-first is running",))
+    skipper = threading.Thread(target=second.note_skip, args=("release r-first is running", True))
     skipper.start()
     wait_for(
         lambda: not skipper.is_alive() or kv.reads.get("cabify/triggers/cabify", 0) >= 3,
@@ -98,13 +98,15 @@ def test_a_skip_whose_change_is_gone_is_counted_at_once(release):
 def test_a_canary_an_lb_fills_after_the_abort_drained_the_others_is_drained_too(release, monkeypatch):
     monkeypatch.setattr(controller, "CANARY_REDRAIN", 0.01)
     aborting = release("r-canary", FakeKV())
-    aborting.lbs = ["lb1", "lb2"]
-    aborting.record = {"abort": {}}
+    aborting.lbs = ["lb1", "lb2", "lb3"]
+    # lb3 has no stats page: the abort's own drain reaches it through Salt.
+    aborting.pages = {"lb1": "http://lb1:8404/stats;csv", "lb2": "http://lb2:8404/stats;csv", "lb3": None}
     # lb2 gets its canary slot from DNS only after the first drain.
-    slots = {"lb1": [], "lb2": []}
+    slots = {"lb1": [], "lb2": [], "lb3": ["canary1"]}
     drained = []
 
-    def canaries_off(lb: str) -> str:
+    def canaries_off(lb: str, salt_too: bool = True) -> str:
+        assert not salt_too, "the keeper went through Salt"
         if not slots[lb]:
             return "none yet"
         drained.append((lb, slots[lb].pop()))
@@ -112,12 +114,27 @@ def test_a_canary_an_lb_fills_after_the_abort_drained_the_others_is_drained_too(
 
     monkeypatch.setattr(aborting, "canaries_off", canaries_off)
     done = threading.Event()
-    keeper = threading.Thread(target=aborting.keep_canaries_off, args=(done,))
+    result = {}
+    keeper = threading.Thread(target=lambda: result.update(late=aborting.keep_canaries_off(done)))
     keeper.start()
     slots["lb2"].append("canary1")
     wait_for(lambda: drained, 2, "lb2's late canary slot drained", interval=0.01)
     done.set()
     keeper.join(2)
-    assert drained == [("lb2", "canary1")]
-    assert aborting.record["abort"]["drained_late"] == {"lb2": 1}
     assert not keeper.is_alive(), "the keeper went on after the abort was done"
+    assert drained == [("lb2", "canary1")]
+    assert result["late"] == {"lb2": 1}
+
+
+def test_only_canary_slots_that_take_requests_are_drained_again(release, monkeypatch):
+    aborting = release("r-canary", FakeKV())
+    rows = [
+        {"svname": "canary1", "addr": "10.0.0.1:80", "status": "UP", "weight": "1"},
+        {"svname": "canary2", "addr": "10.0.0.2:80", "status": "UP 1/2", "weight": "3"},
+        {"svname": "canary3", "addr": "10.0.0.3:80", "status": "DRAIN", "weight": "0"},
+        {"svname": "canary4", "addr": "10.0.0.4:80", "status": "DOWN", "weight": "1"},
+        {"svname": "canary5", "addr": "", "status": "MAINT (resolution)", "weight": "1"},
+        {"svname": "stable1", "addr": "10.0.0.9:80", "status": "UP", "weight": "1"},
+        {"svname": "canary6", "addr": "10.0.0.6:80", "status": "no check", "weight": "1"},
+    ]
+    assert [r["svname"] for r in aborting.serving_canaries(rows)] == ["canary1", "canary2", "canary6"]
