@@ -1292,9 +1292,11 @@ class Release:
             except Exception as err:  # noqa: BLE001 - the next round tries again
                 log.warning("cabify controller: keeping the canaries off %s: %s", lb, err)
                 return
-            if how != "none yet":
+            if how == "stats page":
                 late[lb] = late.get(lb, 0) + 1
-                log.info("cabify controller: %s had a canary taking requests again: %s", lb, how)
+                log.info("cabify controller: %s had a canary taking requests again: drained", lb)
+            elif how != "none yet":
+                log.warning("cabify controller: %s has a canary taking requests: %s", lb, how)
 
         while lbs and not done.wait(CANARY_REDRAIN):
             _each([(again, lb) for lb in lbs])

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,29 @@ FRONTEND = f"http://127.0.0.1:{PORTS['cabify']}"
 
 def frontend(pool: str) -> str:
     return f"http://127.0.0.1:{PORTS[pool]}"
+
+
+def consul_srv(name: str) -> list[str]:
+    """The SRV records Consul's DNS (port 8600) gives for NAME now (such as
+    ``_cabify._stable.service.consul``, what HAProxy asks), as dig's short lines
+    ``priority weight port target``; none when it does not answer within 1 s."""
+    answer = subprocess.run(
+        [
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "@127.0.0.1",
+            "-p",
+            "8600",
+            name,
+            "SRV",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [line for line in answer.splitlines() if line and not line.startswith(";")]
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

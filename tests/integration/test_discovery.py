@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
-from tests.helpers import FRONTEND, haproxy_info, haproxy_servers, http, wait_for
+from tests.helpers import FRONTEND, consul_srv, haproxy_info, haproxy_servers, http, wait_for
 from tests.integration.conftest import StandInReplica, haproxy_server_up
 
 
 def test_consul_dns_answers_srv_for_registered_replica(stand_in_replica):
-    out = subprocess.run(
-        ["dig", "+short", "@127.0.0.1", "-p", "8600", "_cabify._tcp.service.consul", "SRV"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert f" {stand_in_replica.port} " in out, f"no SRV record for port {stand_in_replica.port}: {out!r}"
+    records = consul_srv("_cabify._tcp.service.consul")
+    assert any(r.split()[2:3] == [str(stand_in_replica.port)] for r in records), (
+        f"no SRV record for port {stand_in_replica.port}: {records}"
+    )
 
 
 def _instances_served(requests: int) -> set[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 from tests.helpers import (
     CONSUL,
     FRONTEND,
+    consul_srv,
     haproxy_info,
     haproxy_servers,
     haproxy_up_addresses,
@@ -80,23 +80,7 @@ class DnsWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.02):
-            answer = subprocess.run(
-                [
-                    "dig",
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    "@127.0.0.1",
-                    "-p",
-                    "8600",
-                    "cabify.service.consul",
-                    "SRV",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            for line in answer.splitlines():
+            for line in consul_srv("cabify.service.consul"):
                 target = line.split()[-1] if len(line.split()) == 4 else ""
                 label = target.split(".", 1)[0]
                 if target.endswith(".addr.dc1.consul.") and len(label) == 8:
@@ -189,24 +173,25 @@ def test_haproxy_reloaded_and_restarted_through_a_consul_outage_serves_the_last_
         wait_for(
             lambda: time.monotonic() - since >= OUTAGE, OUTAGE + 10, f"the end of the {OUTAGE:.0f}s outage"
         )
-        with DnsWatch() as dns:
-            assert salt_cli.run("service.start", "consul").returncode == 0
-            wait_for(consul_answers, 60, "Consul back, with a leader")
-            wait_for(lambda: dns.seen, 10, "Consul's DNS answering for the pool")
-            answered_from = time.monotonic()
-            wait_for(lambda: time.monotonic() - answered_from > 3, 5, "3 s of Consul's DNS answers")
-        # A restarted server replays its log since its last snapshot: each state
-        # it passes through must be no older than the outage (consul:config:raft_snapshot_*).
-        assert dns.seen <= replicas, f"Consul's DNS answered gone replicas once back: {dns.seen - replicas}"
-        # No server the restarted HAProxy loaded serves unless Consul still has it.
-        wait_for(lambda: not saved_addresses(), 30, "the server state to load emptied once Consul answers")
 
         def serving() -> list[str]:
             return sorted(s["addr"].rsplit(":", 1)[0] for s in haproxy_servers() if is_up(s["status"]))
 
-        wait_for(
-            lambda: serving() == sorted(replicas), 30, f"HAProxy serving exactly the replicas {replicas}"
-        )
+        # Consul's DNS is watched from its start until HAProxy serves the replicas again.
+        with DnsWatch() as dns:
+            assert salt_cli.run("service.start", "consul").returncode == 0
+            wait_for(consul_answers, 60, "Consul back, with a leader")
+            wait_for(lambda: dns.seen, 10, "Consul's DNS answering for the pool")
+            # No server the restarted HAProxy loaded serves unless Consul still has it.
+            wait_for(
+                lambda: not saved_addresses(), 30, "the server state to load emptied once Consul answers"
+            )
+            wait_for(
+                lambda: serving() == sorted(replicas), 30, f"HAProxy serving exactly the replicas {replicas}"
+            )
+        # A restarted server replays its log since its last snapshot: each state
+        # it passes through must be no older than the outage (consul:config:raft_snapshot_*).
+        assert dns.seen <= replicas, f"Consul's DNS answered gone replicas once back: {dns.seen - replicas}"
         assert haproxy_info()["Pid"] == restarted, "HAProxy was reloaded once Consul was back"
         # Changes flow again: a new instance registered in Consul is served.
         replica = StandInReplica("test-outage-stand-in")
