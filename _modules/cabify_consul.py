@@ -59,6 +59,13 @@ def _call(what: str, func, *args, **kwargs):
         __utils__["cabify_failpoints.hit"]("consul.call")
         return func(*args, **kwargs)
     except (consul.ConsulException, requests.RequestException, OSError) as err:
+        if __utils__["cabify_kv.denied"](err):
+            roles = ", ".join(__grains__.get("roles") or []) or "none"
+            raise CommandExecutionError(
+                f"consul: {what}: {err}: Consul refuses this host's token (its roles: {roles}; pillar "
+                "consul:api:token, from the master's ext_pillar cabify_consul_secrets): unknown, "
+                "expired or not allowed this; salt-run cabify_acl.ensure makes the tokens right"
+            ) from err
         raise CommandExecutionError(f"consul: {what}: {err}") from err
 
 
@@ -364,7 +371,15 @@ def reap_failed_nodes(after: float = 30) -> list[str]:
 
         salt-call cabify_consul.reap_failed_nodes after=30
     """
-    members = _call("listing members", _client().agent.members)
+    client = _client()
+    # py-consul's agent.members() sends no token: Consul would filter every node out.
+    members = _call(
+        "listing members",
+        client.http.get,
+        consul.callback.CB.json(),
+        "/v1/agent/members",
+        headers=client.prepare_headers(),
+    )
     failed = {m["Name"] for m in members if m.get("Status") == _FAILED}
     try:
         with open(FAILED_SINCE, encoding="utf-8") as file:

@@ -27,25 +27,31 @@ def __virtual__():
     return __virtualname__
 
 
-def _look(url: str, match: str) -> str | None:
-    """None when URL answers 200 with a body matching MATCH, else what it answered."""
+def _look(url: str, match: str, codes: tuple[int, ...] = (200,)) -> str | None:
+    """None when URL answers one of CODES with a body matching MATCH, else what it answered."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URL
             body = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as err:
-        return f"HTTP {err.code}"
+        if err.code not in codes:
+            return f"HTTP {err.code}"
+        body = err.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as err:
         return str(getattr(err, "reason", err))
     return None if re.search(match, body) else f"answered {body[:200]!r}"
 
 
-def answering(name: str, match: str = ".", timeout: float = 60, interval: float = 0.5) -> dict:
+def answering(
+    name: str, match: str = ".", timeout: float = 60, interval: float = 0.5, codes: list[int] | None = None
+) -> dict:
     """
-    Succeed, with no changes, once URL ``name`` answers 200 with a body matching the
-    regular expression ``match``; fail after ``timeout`` seconds saying what it last got.
+    Succeed, with no changes, once URL ``name`` answers 200 (or one of ``codes``) with a
+    body matching the regular expression ``match``; fail after ``timeout`` seconds
+    saying what it last got.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    seen = _look(name, match)
+    codes = tuple(int(code) for code in codes or [200])
+    seen = _look(name, match, codes)
     if __opts__["test"]:
         ret["result"] = True if seen is None else None
         ret["comment"] = (
@@ -55,7 +61,7 @@ def answering(name: str, match: str = ".", timeout: float = 60, interval: float 
     deadline = time.monotonic() + timeout
     while seen is not None and time.monotonic() < deadline:
         time.sleep(interval)
-        seen = _look(name, match)
+        seen = _look(name, match, codes)
     if seen is not None:
         ret["result"] = False
         ret["comment"] = f"{name} did not answer as expected within {timeout}s: {seen}"

@@ -93,10 +93,20 @@ def decode(raw: bytes | str | None) -> Any:
 
 
 def client(host: str = "127.0.0.1", port: int = 8500, token: str | None = None):
-    """A py-consul client for the agent at HOST:PORT, with TOKEN when ACLs are on."""
+    """A py-consul client for the agent at HOST:PORT, with TOKEN when ACLs are on (over
+    CONSUL_HTTP_TOKEN, which py-consul would prefer: each caller passes its own)."""
     import consul  # noqa: PLC0415 - only the callers that talk to Consul need it
 
-    return consul.Consul(host=host, port=int(port), token=token or None)
+    reached = consul.Consul(host=host, port=int(port), token=token or None)
+    if token:
+        reached.token = token
+    return reached
+
+
+def denied(err: Exception) -> bool:
+    """Consul refused a request for its token (missing, unknown or not allowed)."""
+    text = str(err)
+    return "ACL not found" in text or "Permission denied" in text or "403" in text
 
 
 def controller_config(opts: dict) -> dict:
@@ -108,10 +118,25 @@ def controller_config(opts: dict) -> dict:
     return {
         "consul_hosts": list(reach.get("hosts") or ["127.0.0.1"]),
         "consul_port": int(reach.get("port") or 8500),
-        "consul_token": reach.get("token"),
+        "consul_token": reach.get("token") or _controller_token(opts),
         "app_target": conf.get("app_target") or "G@roles:app",
         "lb_target": conf.get("lb_target") or "G@roles:lb",
     }
+
+
+def _controller_token(opts: dict) -> str | None:
+    """The controller's token, derived from the master's ACL secrets (cabify_acl.py,
+    beside this file: Salt's loader does not make its utils importable by name)."""
+    import importlib.util  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location(
+        "cabify_acl_for_kv", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cabify_acl.py")
+    )
+    acl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acl)
+    secrets = acl.load(acl.secrets_path(opts), create=False)
+    return acl.token_ids(secrets, "controller")["SecretID"] if secrets else None
 
 
 def fleet_client(opts: dict):
@@ -124,9 +149,20 @@ def fleet_client(opts: dict):
     for host in conf["consul_hosts"]:
         reached = client(host, conf["consul_port"], conf["consul_token"])
         try:
-            if reached.status.leader():
-                return reached
-            problems.append(f"{host}: no leader")
+            if not reached.status.leader():
+                problems.append(f"{host}: no leader")
+                continue
         except Exception as err:  # noqa: BLE001 - the next one is tried
             problems.append(f"{host}: {err}")
+            continue
+        try:
+            reached.kv.get(f"{PREFIX}/", keys=True)
+        except Exception as err:
+            if denied(err):
+                raise CommandExecutionError(
+                    f"Consul at {host} refuses the release controller's token (role controller: master "
+                    f"config cabify_controller:consul:token, or derived from cabify_acl:secrets): {err}. "
+                    "Run salt-run cabify_acl.ensure"
+                ) from err
+        return reached
     raise CommandExecutionError(f"no Consul of the fleet answers with a leader: {'; '.join(problems)}")

@@ -16,6 +16,8 @@ consul-clean-files-absent:
   file.absent:
     - names:
       - /etc/consul.d/consul.json
+      - /etc/consul.d/gossip.json
+      - /etc/consul.d/tls
       - /usr/local/sbin/consul-check-config
       - /etc/apt/sources.list.d/cabify-consul-{{ consul.install.suite }}.sources
       - /etc/apt/preferences.d/cabify-consul

@@ -28,8 +28,23 @@ consul-service-leader-elected:
 consul-service-agent-answering:
   stack_http.answering:
     - name: {{ api }}/v1/agent/self
-    - match: '"Member"'
+    {#- Without a token, an agent with ACLs answers that it may not say. #}
+    - codes: [200, 403]
+    - match: '"Member"|Permission denied'
 {%- endif %}
     - timeout: {{ consul.start_timeout }}
     - require:
       - service: consul-service-running
+
+{#- A lone server bootstraps Consul's ACLs (the master keeps the management token)
+    and gets this project's policies and tokens, from the master's runner
+    cabify_acl.ensure (peer_run). In a cluster, orch.fleet runs it once there is a
+    leader. #}
+{%- if consul.config.server and consul.config.get("bootstrap_expect", 1) == 1 and consul.config.acl.enabled %}
+
+consul-service-acl-ensured:
+  cabify_acl.ensured:
+    - name: cabify_acl.ensure
+    - require:
+      - stack_http: consul-service-leader-elected
+{%- endif %}

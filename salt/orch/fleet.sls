@@ -4,7 +4,9 @@
        run;
     2. every fleet host gets common and Consul, all at once, so the servers form their
        quorum, and waits until its agent sees a leader;
-    3. every fleet host's highstate, all at once: Docker, HAProxy on LBs, the pools on
+    3. the master bootstraps Consul's ACLs (once) and makes every host's tokens
+       (runner cabify_acl.ensure: the agents started with them, from pillar);
+    4. every fleet host's highstate, all at once: Docker, HAProxy on LBs, the pools on
        app hosts (their images pulled from the registry by digest).
     The fleet's hosts are those of pillar fleet:hosts (pillar/fleet.sls); fleet:target,
     a list of minion IDs, overrides. -#}
@@ -40,6 +42,12 @@ cabify-orch-fleet-consul-leader:
     - require:
       - salt: cabify-orch-fleet-consul-running
 
+cabify-orch-fleet-consul-acl-ensured:
+  salt.runner:
+    - name: cabify_acl.ensure
+    - require:
+      - salt: cabify-orch-fleet-consul-leader
+
 cabify-orch-fleet-highstate:
   salt.state:
     - tgt: {{ target | json }}
@@ -48,4 +56,4 @@ cabify-orch-fleet-highstate:
     - timeout: 900
     - require:
       - salt: cabify-orch-fleet-images-pushed
-      - salt: cabify-orch-fleet-consul-leader
+      - salt: cabify-orch-fleet-consul-acl-ensured
