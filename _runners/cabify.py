@@ -20,6 +20,7 @@ that Consul.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import salt.client
@@ -30,6 +31,8 @@ try:
     HAS_CONSUL = True
 except ImportError:
     HAS_CONSUL = False
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "cabify"
 
@@ -302,6 +305,72 @@ def abort(pool: str | None = None) -> dict:
     return _command(pool, "abort")
 
 
+def _refuse(pool: str, version: str, reason: str, **facts: Any) -> dict:
+    """Refuse a release request before anything starts: logged, fired as event
+    ``cabify/release/refused`` (pool, version, reason and FACTS), and failed."""
+    log.warning("cabify: pool %s version %s: %s", pool, version, reason)
+    refusal = {"pool": pool, "version": str(version), "reason": reason, **facts}
+    __salt__["event.send"]("cabify/release/refused", refusal)
+    __context__["retcode"] = 1
+    return {**refusal, "retcode": 1, "result": "refused"}
+
+
+def _refused(pool: str, version: str, requester: str) -> dict | None:
+    """A refusal when REQUESTER may not ask for releases; None when it may."""
+    allowed = (__opts__.get("cabify_controller") or {}).get("release_requesters") or []
+    if requester in allowed:
+        return None
+    reason = (
+        f"release request from {requester!r} refused: master config "
+        f"cabify_controller:release_requesters does not list it (it lists {sorted(allowed)})"
+    )
+    return _refuse(pool, version, reason, requester=requester)
+
+
+def _stack_pillar():
+    """This project's pillar rules (``_modules/stack_pillar.py``, beside this runner's
+    directory), for checking a request's settings on the master before anything starts."""
+    import importlib.util  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    if "cabify.stack_pillar" not in __context__:
+        path = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_modules", "stack_pillar.py"
+        )
+        spec = importlib.util.spec_from_file_location("cabify_stack_pillar_rules", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        __context__["cabify.stack_pillar"] = module
+    return __context__["cabify.stack_pillar"]
+
+
+def request_problems(canary: Any = None, settings: Any = None) -> list[str]:
+    """
+    What is wrong with a release request's CANARY and SETTINGS (release settings), by
+    the rules of the pool's pillar (``cabify:pools:<pool>:canary``, ``...:release``),
+    one "key: reason" a line, keys named as the request names them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify.request_problems canary='{steps: [{weight: 120, pause: 1}]}'
+    """
+    found = []
+    pool: dict[str, Any] = {}
+    for key, value in (("canary", canary), ("release", settings)):
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            found.append(f"{'settings' if key == 'release' else key}: must be a mapping (got {value!r})")
+            continue
+        pool[key] = value
+    for problem in _stack_pillar().problems("cabify", {"pool": pool}):
+        if problem.startswith(("cabify:pool:canary", "cabify:pool:release")):
+            found.append(problem.removeprefix("cabify:pool:").replace("release:", "settings:", 1))
+    return found
+
+
 def release(
     pool: str,
     version: str,
@@ -310,13 +379,17 @@ def release(
     env: dict | None = None,
     trigger: str | None = None,
     canary: dict | None = None,
+    requester: str | None = None,
 ) -> dict:
     """
     Release VERSION of POOL across the fleet now, by the release controller on the
     master (see ``_runners/cabify_controller.py``): STRATEGY ``rolling`` or ``canary``
     (CANARY overrides the pool's canary settings); SETTINGS override the pool's release
     settings, ENV the replicas' environment; TRIGGER is the KV key whose change asked
-    for it (one release per change, however many minions saw it). Returns the
+    for it (one release per change, however many minions saw it); REQUESTER is who sent
+    the ``cabify/release/request`` event that asked for it (a minion ID, or ``master``):
+    one master config ``cabify_controller:release_requesters`` does not list is refused
+    and logged, and event ``cabify/release/refused`` says so. Returns the
     release's record; fails (and reverts) naming the step and host that failed. What a
     release sets stays: it is the app hosts' version in pillar.
 
@@ -328,6 +401,14 @@ def release(
         salt-run cabify.release cabify 2 settings='{max_parallel: 2, host_by_host: true}'
         salt-run cabify.release cabify 2 strategy=canary canary='{steps: [{weight: 20, pause: 60}]}'
     """
+    if requester is not None:
+        refused = _refused(pool, version, requester)
+        if refused:
+            return refused
+    problems = request_problems(canary, settings)
+    if problems:
+        # Before any lock, record or replica: a bad request changes nothing.
+        return _refuse(pool, version, "bad release request: " + "; ".join(problems), requester=requester)
     if strategy == "canary":
         return __salt__["cabify_controller.canary"](
             pool, str(version), settings=settings, env=env, canary=canary, trigger=trigger

@@ -111,6 +111,7 @@ controller() {  # the master's release controller drives the fleet: its Consul s
     echo "    hosts: $(fleet "[h['address'] for n, h in sorted(f['hosts'].items()) if 'consul-server' in h['roles']]")"
     echo "  app_target: L@$(fleet "','.join(n for n, h in sorted(f['hosts'].items()) if 'app' in h['roles'])")"
     echo "  lb_target: L@$(fleet "','.join(n for n, h in sorted(f['hosts'].items()) if 'lb' in h['roles'])")"
+    echo "  release_requesters: $(fleet "[n for n, h in sorted(f['hosts'].items()) if 'app' in h['roles']]")"
   } >"$CONTROLLER_CONF"
 }
 

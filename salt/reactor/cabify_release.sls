@@ -7,6 +7,11 @@
 {%- set release = {"pool": asked.get("pool"), "version": asked.get("version")} %}
 {%- do release.update({"canary": asked["canary"]}) if asked.get("canary") is mapping %}
 {%- do release.update({"settings": asked["settings"]}) if asked.get("settings") is mapping %}
+{#- Who asked, for the controller to check against master config
+    cabify_controller:release_requesters: the minion that sent the event (the master
+    checked its ID), or "master" for an event fired on the master itself. A KV change
+    needs no such check: only the controller's and operators' tokens may write it. #}
+{%- do release.update({"requester": data.get("id", "master")}) if tag == "cabify/release/request" %}
 {#- Every minion's beacon sees a change of the key: the controller releases once a change. #}
 {%- do release.update({"trigger": asked["key"]}) if tag.startswith("salt/beacon/") and asked.get("key") %}
 
