@@ -63,6 +63,14 @@ class _Consul:
         conf = __utils__["cabify_kv.controller_config"](__opts__)
         self.urls = [f"http://{host}:{conf['consul_port']}" for host in conf["consul_hosts"]]
         self.secrets = secrets
+        # One master may keep several clusters (the one-host stack's, a fleet's): each
+        # has its own management token, kept under the hosts the master reaches it at.
+        self.cluster = _acl("cluster", conf["consul_hosts"], conf["consul_port"])
+        self.secrets.setdefault("management", {})
+
+    @property
+    def token(self) -> str | None:
+        return (self.secrets["management"].get(self.cluster) or {}).get("SecretID")
 
     def call(self, method: str, path: str, token: str | None = None, body: Any = None):
         """(status, JSON or text) from the first Consul that answers."""
@@ -87,7 +95,7 @@ class _Consul:
 
     def management(self, method: str, path: str, body: Any = None):
         """A call with the management token; an error says what was asked and why."""
-        status, data = self.call(method, path, self.secrets["management"]["SecretID"], body)
+        status, data = self.call(method, path, self.token, body)
         if status != 200:
             raise CommandExecutionError(
                 _acl("redact", f"cabify_acl: {method} {path}: HTTP {status}: {data}", self.secrets)
@@ -99,8 +107,8 @@ def _bootstrap(consul: _Consul, test: bool) -> str:
     """Make sure the secrets hold a management token Consul knows: 'before' when it
     does, 'now' when this call bootstrapped the ACL system (or would, under TEST)."""
     secrets = consul.secrets
-    if secrets.get("management"):
-        status, data = consul.call("GET", "/v1/acl/token/self", secrets["management"]["SecretID"])
+    if consul.token:
+        status, data = consul.call("GET", "/v1/acl/token/self", consul.token)
         if status == 200:
             return "before"
         if "ACL not found" not in str(data):
@@ -115,7 +123,10 @@ def _bootstrap(consul: _Consul, test: bool) -> str:
     while True:
         status, data = consul.call("PUT", "/v1/acl/bootstrap")
         if status == 200:
-            secrets["management"] = {"AccessorID": data["AccessorID"], "SecretID": data["SecretID"]}
+            secrets["management"][consul.cluster] = {
+                "AccessorID": data["AccessorID"],
+                "SecretID": data["SecretID"],
+            }
             _acl("save", _path(), secrets)
             log.warning(
                 "cabify_acl: Consul's ACL system bootstrapped; its management token is in %s", _path()

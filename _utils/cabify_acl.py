@@ -6,10 +6,10 @@ minion its own.
 
 Secrets live in one file on the master (master config ``cabify_acl:secrets``, by
 default ``/etc/cabify/consul-acl.json``, 0600 in a 0700 directory): a random seed, the
-generation of the tokens and of the gossip key, and Consul's management token once the
-ACL system is bootstrapped. Every other secret is derived from the seed (HMAC-SHA256),
-so the ext_pillar and the runner agree without sharing state, and a new generation
-rotates them:
+generation of the tokens and of the gossip key, and Consul's management token of each
+cluster the master bootstrapped (by the hosts it reaches it at: ``cluster``). Every
+other secret is derived from the seed (HMAC-SHA256), so the ext_pillar and the runner
+agree without sharing state, and a new generation rotates them:
 
     agent:<minion>   the agent's own token (node identity: writes its node only)
     host:<minion>    the token of the minion's Salt modules, with its roles' policies
@@ -234,7 +234,20 @@ def is_ours(token: dict) -> bool:
     return str(token.get("Description", "")).startswith("cabify ")
 
 
+def cluster(hosts: list[str], port: int) -> str:
+    """The name the secrets keep a Consul cluster's management token under: the hosts
+    and port the master reaches it at (``127.0.0.1:8500``)."""
+    return f"{','.join(hosts)}:{port}"
+
+
+def management(secrets: dict | None, name: str) -> str | None:
+    """The management token of cluster NAME (see cluster), if the master has one."""
+    return (((secrets or {}).get("management") or {}).get(name) or {}).get("SecretID")
+
+
 def redact(text: str, secrets: dict | None) -> str:
-    """TEXT without any secret of SECRETS (the management token) in it: for errors and logs."""
-    management = ((secrets or {}).get("management") or {}).get("SecretID")
-    return text.replace(management, "<management token>") if management else text
+    """TEXT without any management token of SECRETS in it: for errors and logs."""
+    for kept in ((secrets or {}).get("management") or {}).values():
+        if kept.get("SecretID"):
+            text = text.replace(kept["SecretID"], "<management token>")
+    return text

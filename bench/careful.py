@@ -27,7 +27,7 @@ ACL_SECRETS = "/etc/cabify/consul-acl.json"
 
 def token() -> str:
     with open(ACL_SECRETS, encoding="utf-8") as handle:
-        return json.load(handle)["management"]["SecretID"]
+        return json.load(handle)["management"]["127.0.0.1:8500"]["SecretID"]
 
 
 def consul(method: str, path: str, body=None):

@@ -123,5 +123,6 @@ def test_a_refused_token_is_recognised_and_the_management_token_is_never_said():
     assert kv.denied(Exception("403 ACL not found"))
     assert kv.denied(Exception("Permission denied: Missing service:write on cabify"))
     assert not kv.denied(Exception("connection refused"))
-    secrets = {**SECRETS, "management": {"SecretID": "s3cr3t"}}
+    secrets = {**SECRETS, "management": {acl.cluster(["127.0.0.1"], 8500): {"SecretID": "s3cr3t"}}}
+    assert acl.management(secrets, "127.0.0.1:8500") == "s3cr3t"
     assert "s3cr3t" not in acl.redact("HTTP 500 for token s3cr3t", secrets)
