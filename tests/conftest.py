@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def _master_config() -> dict:
     """The master settings `make up` installs (conf/master.yaml), for this checkout."""
     text = (REPO / "conf" / "master.yaml").read_text().replace("@REPO@", str(REPO))
+    text = text.replace("@MINION_ID@", "cabify-minion")
     return yaml.safe_load(text)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
+import pathlib
 import socket
 import subprocess
 import time
@@ -17,6 +19,7 @@ from typing import Any
 import docker
 
 CONSUL = "http://127.0.0.1:8500"
+REPO_UTILS = pathlib.Path(__file__).resolve().parent.parent / "_utils"
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 STATS = "http://127.0.0.1:8404"
 # The pools of pillar/stack.sls and their HAProxy frontends.
@@ -67,9 +70,45 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 5) -> tuple[int, bytes]:
+# Consul's ACL secrets, as the master keeps them (cabify_acl:secrets): the suite runs
+# as root on the master, and acts on Consul as an operator with the management token.
+ACL_SECRETS = "/etc/cabify/consul-acl.json"
+MANAGEMENT = "management"
+OPERATOR = "operator"
+
+
+def consul_token(name: str = MANAGEMENT, cluster: str = "127.0.0.1:8500") -> str | None:
+    """The management token (default) of CLUSTER (the one-host stack's by default;
+    ``cabify_acl.cluster``), or this project's token NAME (``operator``,
+    ``controller``, ``host:<minion>``...) derived as the master derives it; None
+    before the master made its secrets."""
+    try:
+        with open(ACL_SECRETS, encoding="utf-8") as handle:
+            secrets = json.load(handle)
+    except FileNotFoundError:
+        return None
+    if name == MANAGEMENT:
+        return ((secrets.get("management") or {}).get(cluster) or {}).get("SecretID")
+    spec = importlib.util.spec_from_file_location("cabify_acl_for_tests", REPO_UTILS / "cabify_acl.py")
+    acl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acl)
+    return acl.token_ids(secrets, name)["SecretID"]
+
+
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 5, token: str | None = MANAGEMENT
+) -> tuple[int, bytes]:
+    """METHOD URL with BODY (JSON unless bytes): status and body. A call to Consul's
+    HTTP API (port 8500) carries the management token, or TOKEN (a name for
+    consul_token, a secret, or None for none: anonymous)."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback only
+    headers = {}
+    if token and ":8500/" in url:
+        named = token in (MANAGEMENT, "operator", "controller") or token.startswith(("host:", "agent:"))
+        secret = consul_token(token) if named else token
+        if secret:
+            headers["X-Consul-Token"] = secret
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 - loopback only
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
             return resp.status, resp.read()

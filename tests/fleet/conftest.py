@@ -26,7 +26,7 @@ import salt.client
 import salt.config
 import yaml
 
-from tests.helpers import wait_for
+from tests.helpers import MANAGEMENT, consul_token, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TOPOLOGY = yaml.safe_load((REPO / "pillar" / "fleet.sls").read_text())["fleet"]
@@ -174,18 +174,34 @@ def out_of_rotation(host: str, backend: str = "cabify") -> bool:
     )
 
 
+# How the master names the fleet's Consul in its ACL secrets (cabify_acl.cluster): the
+# servers' addresses as scripts/fleet.sh lists them, and the HTTP port.
+FLEET_CLUSTER = ",".join(address(server) for server in SERVERS) + ":8500"
+
+
 def consul_api(host: str, path: str) -> Any:
-    """GET PATH of HOST's own Consul agent (it listens on the host's loopback)."""
+    """GET PATH of HOST's own Consul agent (it listens on the host's loopback), with the
+    management token."""
     url = f"http://127.0.0.1:8500{path}"
-    code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"
+    headers = {"X-Consul-Token": consul_token(cluster=FLEET_CLUSTER) or ""}
+    code = (
+        "import urllib.request; print(urllib.request.urlopen(urllib.request.Request("
+        f"{url!r}, headers={headers!r}), timeout=3).read().decode())"
+    )
     return json.loads(host_run(host, "python3", "-c", code, timeout=10))
 
 
-def fleet_consul(path: str, method: str = "GET", body: Any = None) -> Any:
+def fleet_consul(path: str, method: str = "GET", body: Any = None, token: str = MANAGEMENT) -> Any:
     """PATH of the fleet's Consul HTTP API (a server's, on the fleet network, where the
-    master reaches it too): the JSON answer, or None for a 404 or an empty one."""
+    master reaches it too) with the management token (or token TOKEN, a name for
+    consul_token): the JSON answer, or None for a 404 or an empty one."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{address(SERVERS[0])}:8500{path}", data=data, method=method)
+    request = urllib.request.Request(
+        f"http://{address(SERVERS[0])}:8500{path}",
+        data=data,
+        method=method,
+        headers={"X-Consul-Token": consul_token(token, FLEET_CLUSTER) or ""},
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the fleet's network
             raw = answer.read()

@@ -36,7 +36,7 @@ from tests.fleet.conftest import (
     state_results,
 )
 from tests.fleet.test_fleet import load_through, served_more
-from tests.helpers import wait_for
+from tests.helpers import OPERATOR, wait_for
 from tests.load import LoadClient
 
 PER_HOST = STACK["cabify"]["pools"]["cabify"]["replicas"]
@@ -223,7 +223,9 @@ def test_a_kv_change_that_every_minion_sees_makes_one_release_that_a_highstate_k
     _, other = versions
     since = time.time()
     with load_through(*LB_HOSTS) as clients:
-        fleet_consul("/v1/kv/cabify/desired/cabify", "PUT", {"version": other, "settings": FAST})
+        fleet_consul(
+            "/v1/kv/cabify/desired/cabify", "PUT", {"version": other, "settings": FAST}, token=OPERATOR
+        )
         record = ended_release(since, other, f"the release to {other} that the KV change asked for")
         served_more(clients)
     assert record["result"] == "succeeded" and record["to"] == other, record

@@ -18,6 +18,7 @@ from tests.helpers import (
     CONSUL,
     FRONTEND,
     consul_srv,
+    consul_token,
     haproxy_info,
     haproxy_servers,
     haproxy_up_addresses,
@@ -59,7 +60,10 @@ def saved_addresses(path: str = SERVER_STATE) -> set[str]:
 
 def pool_index() -> int:
     """The Raft index of the pool's last change in Consul's catalog."""
-    with urllib.request.urlopen(f"{CONSUL}/v1/health/service/cabify", timeout=5) as resp:  # noqa: S310
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        f"{CONSUL}/v1/health/service/cabify", headers={"X-Consul-Token": consul_token() or ""}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
         return int(resp.headers["X-Consul-Index"])
 
 

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.helpers import (
     CONSUL,
+    OPERATOR,
     consul,
     failed_states,
     http,
@@ -191,7 +192,7 @@ def test_event_triggers_a_release_that_the_next_highstate_keeps(salt_cli, steady
 def test_kv_desired_version_triggers_exactly_one_release(steady):
     version = unique_version("kv")
     value = {"version": version, "settings": QUICK_RELEASE}
-    status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/cabify", value)
+    status, _ = http("PUT", CONSUL + "/v1/kv/cabify/desired/cabify", value, token=OPERATOR)
     assert status == 200
     assert wait_release_end(version)["result"] == "succeeded"
     wait_for(lambda: versions_running() == {version: 3} and pool_settled(3), 30, f"{version} alone, settled")
