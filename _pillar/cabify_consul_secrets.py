@@ -53,8 +53,8 @@ def ext_pillar(minion_id: str, pillar: dict, **_: Any) -> dict:
             "acl": {
                 "tokens": {"agent": acl["cabify_acl.token_ids"](secrets, f"agent:{minion_id}")["SecretID"]}
             },
-            "encrypt": acl["cabify_acl.gossip_key"](secrets),
         },
+        "gossip": {"key": acl["cabify_acl.gossip_key"](secrets)},
     }
     tls_dir = (__opts__.get("cabify_acl") or {}).get("tls_dir") or TLS_DIR
     try:

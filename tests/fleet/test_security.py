@@ -9,8 +9,6 @@ from anyone without a certificate of the master's CA.
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import time
 
 from tests.fleet.conftest import (
@@ -24,11 +22,6 @@ from tests.fleet.conftest import (
 )
 from tests.fleet.test_fleet import load_through, served_more
 from tests.helpers import consul_token, http, wait_for
-
-# Where the master keeps its CA and the agents' certificates (cabify_acl:tls_dir).
-TLS_DIR = "/etc/cabify/consul-tls"
-# The first byte of a Consul RPC connection that is TLS (Consul's pool.RPCTLS).
-RPC_TLS = 3
 
 
 def test_strangers_on_the_fleet_network_change_nothing_while_both_lbs_serve(
@@ -91,26 +84,36 @@ def test_gossip_is_encrypted_and_rpc_needs_a_certificate_of_the_masters_ca(fleet
     lan = [r for r in rings if not r.get("WAN")]
     assert lan and all(len(r["Keys"]) == 1 for r in lan), f"the gossip keyrings: {rings}"
     assert all(r["NumNodes"] == len(APP_HOSTS) + len(LB_HOSTS) for r in lan if not r.get("Segment")), rings
-    # RPC (8300) speaks TLS only to a client with a certificate of the master's CA.
-    assert rpc_over_tls(SERVERS[0], None) == "refused"
-    assert rpc_over_tls(SERVERS[0], APP_HOSTS[0]) == "accepted"
+    # RPC (8300) speaks TLS only to a client with a certificate of the master's CA: asked
+    # from an LB (the servers' firewall opens 8300 to the fleet's hosts only).
+    assert rpc_over_tls(LB_HOSTS[0], SERVERS[0], with_cert=False) == "refused"
+    assert rpc_over_tls(LB_HOSTS[0], SERVERS[0], with_cert=True) == "accepted"
 
 
-def rpc_over_tls(server: str, cert_of: str | None) -> str:
-    """Whether SERVER's RPC port takes a TLS connection with the certificate the master
-    made for minion CERT_OF (None: no certificate): "accepted" when the server waits
-    for a request after the handshake, "refused" when it ends the connection."""
-    context = ssl.create_default_context(cafile=f"{TLS_DIR}/ca.pem")
-    context.check_hostname = False
-    if cert_of:
-        context.load_cert_chain(f"{TLS_DIR}/agents/{cert_of}.pem", f"{TLS_DIR}/agents/{cert_of}-key.pem")
-    with socket.create_connection((address(server), 8300), timeout=5) as raw:
-        raw.sendall(bytes([RPC_TLS]))
-        try:
-            with context.wrap_socket(raw) as tls:
-                tls.settimeout(1)
-                return "refused" if tls.recv(1) == b"" else "accepted"
-        except TimeoutError:
-            return "accepted"
-        except (ssl.SSLError, OSError):
-            return "refused"
+# On a fleet host: open a TLS RPC connection to a server with or without the host's
+# own agent certificate; "accepted" when the server waits for a request after the
+# handshake, "refused" when it ends the connection.
+PROBE = """
+import socket, ssl, sys
+server, with_cert = sys.argv[1], sys.argv[2] == "yes"
+tls_dir = "/etc/consul.d/tls"
+context = ssl.create_default_context(cafile=tls_dir + "/ca.pem")
+context.check_hostname = False
+if with_cert:
+    context.load_cert_chain(tls_dir + "/agent.pem", tls_dir + "/agent-key.pem")
+raw = socket.create_connection((server, 8300), timeout=5)
+raw.sendall(bytes([3]))  # Consul's RPCTLS: the connection turns TLS
+try:
+    tls = context.wrap_socket(raw)
+    tls.settimeout(1)
+    print("refused" if tls.recv(1) == b"" else "accepted")
+except TimeoutError:
+    print("accepted")
+except (ssl.SSLError, OSError):
+    print("refused")
+"""
+
+
+def rpc_over_tls(host: str, server: str, with_cert: bool) -> str:
+    """What SERVER's RPC port makes of a TLS connection from HOST (see PROBE)."""
+    return host_run(host, "python3", "-c", PROBE, address(server), "yes" if with_cert else "no").strip()
