@@ -244,6 +244,33 @@ def clear_weights(pool: str, timeout: float = 20) -> dict:
     return apply_weights(pool, timeout=timeout)
 
 
+def _reregister(pool: str, current: dict) -> list[dict]:
+    """Register again each of POOL's running replicas that is registered (same weight,
+    its check's status kept), with this host's token of now; the running replicas."""
+    registered = _consul("registrations", pool)
+    replicas = running(pool)
+    for replica in replicas:
+        if replica["name"] in registered:
+            register(pool, replica["name"], keep_status=True, current_weights=current)
+    return replicas
+
+
+def reregister() -> dict[str, int]:
+    """
+    Register every pool's running replicas on this host again, as they are, with this
+    host's Consul token of now (pillar ``consul:api:token``): after a rotation of the
+    tokens, Consul syncs a registration with the token it was made with, and the old
+    one is about to go (``orch.consul_tokens``). Returns the replicas by pool.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_pool.reregister
+    """
+    return {pool: len(_reregister(pool, weights(pool))) for pool in pools()}
+
+
 def apply_weights(pool: str, timeout: float = 20) -> dict:
     """
     Re-register POOL's running replicas with the weights stored for them (keeping their
@@ -256,11 +283,7 @@ def apply_weights(pool: str, timeout: float = 20) -> dict:
         salt-call cabify_pool.apply_weights cabify
     """
     current = weights(pool)
-    registered = _consul("registrations", pool)
-    replicas = running(pool)
-    for replica in replicas:
-        if replica["name"] in registered:
-            register(pool, replica["name"], keep_status=True, current_weights=current)
+    replicas = _reregister(pool, current)
     if not local_lb():
         return {"replicas": len(replicas), "weights": current}
     deadline = time.monotonic() + timeout

@@ -86,6 +86,15 @@ RULES: dict[str, dict[str, tuple[str, bool]]] = {
         "service:enable": ("bool_or_null", False),
         "service:init_script": ("bool", True),
         "config:log_file": ("abs_path", True),
+        "config:acl:default_policy": ("acl_policy", False),
+        "config:acl:down_policy": ("acl_down_policy", False),
+        "config:acl:tokens:agent": ("uuid", False),
+        "api:token": ("uuid", False),
+        "gossip:key": ("gossip_key", False),
+        "tls:dir": ("abs_path", True),
+        "tls:ca": ("pem_certificate", False),
+        "tls:cert": ("pem_certificate", False),
+        "tls:key": ("pem_key", False),
         "start_timeout": ("positive_int", True),
     },
     "cabify": {
@@ -232,6 +241,38 @@ _RETRY_ON = {
 }  # fmt: skip
 
 _MISSING = object()
+
+
+# Consul's ACL settings and the secrets the master gives (a secret's value is never
+# echoed in an error: its kind is in _SECRET_KINDS).
+_CONSUL_SECRET_KINDS = {
+    "acl_policy": (r"allow|deny", "must be 'allow' or 'deny'"),
+    "acl_down_policy": (
+        r"allow|deny|extend-cache|async-cache",
+        "must be allow, deny, extend-cache or async-cache",
+    ),
+    "uuid": (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "must be a token's UUID"),
+    "gossip_key": (
+        r"[A-Za-z0-9+/]{43}=|[A-Za-z0-9+/]{32}|[A-Za-z0-9+/]{22}==",
+        "must be 16, 24 or 32 bytes, base64",
+    ),
+    "pem_certificate": (
+        r"-----BEGIN CERTIFICATE-----.+-----END CERTIFICATE-----",
+        "must be a PEM certificate",
+    ),
+    "pem_key": (
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.+-----END [A-Z ]*PRIVATE KEY-----",
+        "must be a PEM private key",
+    ),
+}
+
+
+_SECRET_KINDS = {"uuid", "gossip_key", "pem_certificate", "pem_key"}
+
+
+def _shown(kind: str, value: Any) -> str:
+    """How an error shows a bad VALUE: itself, or that it is a secret."""
+    return "a secret: its value is not shown" if kind in _SECRET_KINDS else f"got {value!r}"
 
 
 def _canary_steps(value: Any) -> str | None:
@@ -382,6 +423,9 @@ def _problem(kind: str, value: Any) -> str | None:  # noqa: PLR0911, PLR0912, PL
     if kind == "url":
         ok = isinstance(value, str) and re.match(r"^(https?|ftp|file|salt)://\S+$", value)
         return None if ok else "must be an http(s)://, ftp://, file:// or salt:// URL"
+    if kind in _CONSUL_SECRET_KINDS:
+        ok = isinstance(value, str) and re.fullmatch(_CONSUL_SECRET_KINDS[kind][0], value.strip(), re.S)
+        return None if ok else _CONSUL_SECRET_KINDS[kind][1]
     if kind == "sha256":
         ok = isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)
         return None if ok else "must be 64 lower-case hex digits"
@@ -446,7 +490,7 @@ def problems(formula: str, data: dict) -> list[str]:
             continue
         reason = _problem(kind, value)
         if reason:
-            found.append(f"{formula}:{path}: {reason} (got {value!r})")
+            found.append(f"{formula}:{path}: {reason} ({_shown(kind, value)})")
     found.extend(_member_problems(formula, data))
     found.extend(_cross_checks(formula, data))
     return found

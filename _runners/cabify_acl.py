@@ -256,6 +256,64 @@ def ensure(test: bool = False) -> dict[str, Any]:
     }
 
 
+def rotate_tokens(test: bool = False) -> dict[str, Any]:
+    """
+    Start a new generation of every token of this project (the controller's, the
+    operators', each host's and each agent's): the next generation's tokens are made
+    (``ensure``) beside the old ones, which keep working until ``prune``. Pillar gives
+    the new ones at once; ``orch.consul_tokens`` then gets them to every agent and
+    registration, and prunes.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify_acl.rotate_tokens
+    """
+    test = bool(test or __opts__.get("test"))
+    path = _path()
+    with __utils__["cabify_acl.locked"](path):
+        secrets = _acl("load", path)
+        generation = int(secrets["generation"]["tokens"])
+        if test:
+            return {"result": None, "comment": f"would make generation {generation + 1}'s tokens"}
+        secrets["generation"]["tokens"] = generation + 1
+        _acl("save", path, secrets)
+    log.warning("cabify_acl: tokens now of generation %s", generation + 1)
+    return {"generation": generation + 1, **ensure()}
+
+
+def prune(test: bool = False) -> dict[str, Any]:
+    """
+    Delete this project's tokens of an older generation than the current one (after
+    ``rotate_tokens``, once every agent and registration uses the new ones). Tokens
+    that name no generation, and other tokens, are left alone.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run cabify_acl.prune test=True
+    """
+    test = bool(test or __opts__.get("test"))
+    path = _path()
+    with __utils__["cabify_acl.locked"](path):
+        consul = _Consul(_acl("load", path))
+        current = int(consul.secrets["generation"]["tokens"])
+        old = [
+            t
+            for t in consul.management("GET", "/v1/acl/tokens") or []
+            if _acl("is_ours", t) and (_acl("token_generation", t) or current) < current
+        ]
+        if not test:
+            for token in old:
+                consul.management("DELETE", f"/v1/acl/token/{token['AccessorID']}")
+    deleted = sorted(t["Description"] for t in old)
+    if deleted and not test:
+        log.warning("cabify_acl: deleted %s tokens of older generations", len(deleted))
+    return {"result": None if test and deleted else True, "deleted": deleted}
+
+
 def _fingerprint(key: str) -> str:
     """A gossip key's short SHA-256 (for output and logs: never the key)."""
     import hashlib  # noqa: PLC0415

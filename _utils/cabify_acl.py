@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets as _random
 import uuid
 from typing import Any
@@ -192,9 +193,11 @@ def wanted_tokens(secrets: dict, minions: dict[str, dict], datacenter: str) -> d
     minion ID -> {"roles": [...], "node": its Consul node name}."""
     tokens = {}
 
+    generation = secrets["generation"]["tokens"]
+
     def add(name: str, description: str, policies_: list[str], node: str | None = None) -> None:
         token = token_ids(secrets, name) | {
-            "Description": f"cabify {description}",
+            "Description": f"cabify {description} [generation {generation}]",
             "Policies": [{"Name": p} for p in policies_],
             "Local": False,
         }
@@ -227,6 +230,13 @@ def token_changes(current: dict | None, wanted: dict) -> list[str]:
     if mine != theirs:
         changed.append("node identity")
     return changed
+
+
+def token_generation(token: dict) -> int | None:
+    """The generation a token of this project was made in (its description says), or
+    None for one that does not say."""
+    found = re.search(r"\[generation (\d+)\]$", str(token.get("Description", "")))
+    return int(found.group(1)) if found else None
 
 
 def is_ours(token: dict) -> bool:

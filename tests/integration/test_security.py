@@ -227,3 +227,28 @@ def test_the_gossip_key_rotates_with_no_agent_restarted_and_no_failed_request(sa
     with open("/etc/consul.d/gossip.json", encoding="utf-8") as handle:
         assert json.load(handle) == {"encrypt": new}
     assert consul_pid() == agent, "the Consul agent restarted"
+
+
+def test_every_token_rotates_and_the_old_ones_stop_working_with_no_failed_request(salt_run_cli, steady):
+    old = {name: consul_token(name) for name in (HOST, "controller", OPERATOR)}
+    with LoadClient(max_seconds=300) as load:
+        ret = salt_run_cli.run(
+            "state.orchestrate", "orch.consul_tokens", pillar={"fleet": {"target": ["cabify-minion"]}}
+        )
+    load.assert_served()
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    for name, secret in old.items():
+        status, body = http("GET", f"{CONSUL}/v1/acl/token/self", token=secret)
+        assert status == 403, f"the old {name} token still works: HTTP {status} {body[:200]!r}"
+        new = consul_token(name)
+        assert new != secret
+        status, body = http("GET", f"{CONSUL}/v1/kv/cabify/?keys=true", token=new)
+        assert status in (200, 404), f"the new {name} token cannot read cabify/: HTTP {status} {body[:200]!r}"
+    # The registrations were made again with the new host token: Consul's catalog
+    # still follows the agent (a sync with a deleted token would be refused).
+    wait_for(
+        lambda: {s["ServiceID"] for s in consul("GET", "/v1/catalog/service/cabify")} == set(registered()),
+        30,
+        "the catalog holding exactly the agent's registrations of the pool",
+    )
+    assert set(versions_running()) == {steady}

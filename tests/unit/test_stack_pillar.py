@@ -91,6 +91,15 @@ def test_pillar_example_is_valid_and_documents_every_default(formula):
         ("consul", "config:client_addr", "0.0.0.0 localhost", "consul:config:client_addr: must be an IP"),
         ("consul", "config:ports", [8500], "consul:config:ports: must be a mapping"),
         ("consul", "install:sha256", "abc", "consul:install:sha256: must be 64 lower-case hex digits"),
+        ("consul", "config:acl:default_policy", "maybe", "consul:config:acl:default_policy: must be 'allow'"),
+        (
+            "consul",
+            "api:token",
+            "s3cr3t",
+            "consul:api:token: must be a token's UUID (a secret: its value is not",
+        ),
+        ("consul", "gossip:key", "s3cr3t", "consul:gossip:key: must be 16, 24 or 32 bytes"),
+        ("consul", "tls:key", "s3cr3t", "consul:tls:key: must be a PEM private key (a secret"),
         ("docker", "daemon_json:log-opts:max-size", "ten", "docker:daemon_json:log-opts:max-size"),
         ("common", "logrotate:frequency", "hourly", "common:logrotate:frequency: must be daily"),
         (
