@@ -109,15 +109,9 @@ def beacon(config) -> list[dict]:
 
 
 def _asked(value) -> dict | None:
-    """A plain version (``3``), or a mapping naming the strategy and canary settings
-    too; None for a mapping without a version."""
-    if not isinstance(value, dict):
-        return {"version": str(value)}
-    if "version" not in value:
+    """What the value asks for (``cabify_kv.desired_request``); None, logged, for a
+    mapping without a version."""
+    asked = __utils__["cabify_kv.desired_request"](value)
+    if asked is None:
         log.warning("cabify_desired beacon: %r names no version: no release", value)
-        return None
-    asked = {"version": str(value["version"]), "strategy": value.get("strategy", "rolling")}
-    for key in ("canary", "settings"):
-        if isinstance(value.get(key), dict):
-            asked[key] = value[key]
     return asked

@@ -44,13 +44,17 @@ def __virtual__():
 
 
 def _client():
-    if "cabify_consul.client" not in __context__:
-        __context__["cabify_consul.client"] = __utils__["cabify_kv.client"](
-            __salt__["config.get"]("consul:api:host", "127.0.0.1"),
-            __salt__["config.get"]("consul:config:ports:http", 8500),
-            __salt__["config.get"]("consul:api:token", None),
-        )
-    return __context__["cabify_consul.client"]
+    """The client of this host's agent with this host's token of now (one client per
+    address and token: a token changed in pillar is used at once)."""
+    reach = (
+        __salt__["config.get"]("consul:api:host", "127.0.0.1"),
+        __salt__["config.get"]("consul:config:ports:http", 8500),
+        __salt__["config.get"]("consul:api:token", None),
+    )
+    clients = __context__.setdefault("cabify_consul.clients", {})
+    if reach not in clients:
+        clients[reach] = __utils__["cabify_kv.client"](*reach)
+    return clients[reach]
 
 
 def _call(what: str, func, *args, **kwargs):

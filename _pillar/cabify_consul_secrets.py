@@ -46,7 +46,7 @@ def ext_pillar(minion_id: str, pillar: dict, **_: Any) -> dict:
     secrets = acl["cabify_acl.load"](acl["cabify_acl.secrets_path"](__opts__))
     consul = (pillar or {}).get("consul") or {}
     config = consul.get("config") or {}
-    roles = list((__opts__.get("grains") or {}).get("roles") or [])
+    roles = acl["cabify_acl.roles"](minion_id, pillar, __opts__)
     found: dict[str, Any] = {
         "api": {"token": acl["cabify_acl.token_ids"](secrets, f"host:{minion_id}")["SecretID"]},
         "config": {

@@ -327,6 +327,19 @@ def _refused(pool: str, version: str, requester: str) -> dict | None:
     return _refuse(pool, version, reason, requester=requester)
 
 
+def _desired(pool: str, trigger: str) -> dict:
+    """What the desired-version key TRIGGER of POOL asks for now (read with the
+    controller's token), or {"refused": why} when TRIGGER is not that key or says
+    nothing to release."""
+    if trigger != _kv("desired", pool):
+        return {
+            "refused": f"trigger {trigger!r} is not pool {pool}'s desired-version key {_kv('desired', pool)}"
+        }
+    _, entry = _client().kv.get(trigger)
+    asked = _kv("desired_request", _kv("decode", (entry or {}).get("Value")))
+    return asked or {"refused": f"{trigger} names no version"}
+
+
 def _stack_pillar():
     """This project's pillar rules (``_modules/stack_pillar.py``, beside this runner's
     directory), for checking a request's settings on the master before anything starts."""
@@ -386,10 +399,12 @@ def release(
     master (see ``_runners/cabify_controller.py``): STRATEGY ``rolling`` or ``canary``
     (CANARY overrides the pool's canary settings); SETTINGS override the pool's release
     settings, ENV the replicas' environment; TRIGGER is the KV key whose change asked
-    for it (one release per change, however many minions saw it); REQUESTER is who sent
-    the ``cabify/release/request`` event that asked for it (a minion ID, or ``master``):
-    one master config ``cabify_controller:release_requesters`` does not list is refused
-    and logged, and event ``cabify/release/refused`` says so. Returns the
+    for it (one release per change, however many minions saw it: it must be POOL's
+    ``cabify/desired/<pool>``, and what that key says now is what is released);
+    REQUESTER is who sent the event that asked for it (a minion ID, or ``master``):
+    without a TRIGGER, one master config ``cabify_controller:release_requesters`` does
+    not list is refused and logged, and event ``cabify/release/refused`` says so.
+    Returns the
     release's record; fails (and reverts) naming the step and host that failed. What a
     release sets stays: it is the app hosts' version in pillar.
 
@@ -401,7 +416,14 @@ def release(
         salt-run cabify.release cabify 2 settings='{max_parallel: 2, host_by_host: true}'
         salt-run cabify.release cabify 2 strategy=canary canary='{steps: [{weight: 20, pause: 60}]}'
     """
-    if requester is not None:
+    if trigger is not None:
+        # A beacon's event only wakes the controller: what is released is what the key
+        # says, and only the controller's and operators' tokens may write it.
+        asked = _desired(pool, trigger)
+        if "refused" in asked:
+            return _refuse(pool, version, asked["refused"], requester=requester)
+        strategy, settings, canary = asked["strategy"], asked.get("settings"), asked.get("canary")
+    elif requester is not None:
         refused = _refused(pool, version, requester)
         if refused:
             return refused

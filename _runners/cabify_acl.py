@@ -108,7 +108,11 @@ def _bootstrap(consul: _Consul, test: bool) -> str:
     does, 'now' when this call bootstrapped the ACL system (or would, under TEST)."""
     secrets = consul.secrets
     if consul.token:
+        deadline = time.monotonic() + BOOTSTRAP_WAIT
         status, data = consul.call("GET", "/v1/acl/token/self", consul.token)
+        while status >= 500 and time.monotonic() < deadline:  # its ACLs are starting
+            time.sleep(1)
+            status, data = consul.call("GET", "/v1/acl/token/self", consul.token)
         if status == 200:
             return "before"
         if "ACL not found" not in str(data):
@@ -147,8 +151,9 @@ def _bootstrap(consul: _Consul, test: bool) -> str:
 
 
 def _minions() -> dict[str, dict]:
-    """Every accepted minion whose grains the master has: its roles, Consul node name,
-    datacenter and pools (from its pillar files)."""
+    """Every accepted minion whose grains the master has: its roles (as the master
+    knows them: ``cabify_acl.roles``), Consul node name, datacenter and pools (from its
+    pillar files)."""
     accepted = salt.key.get_key(__opts__).list_keys().get("minions", [])
     grains = __salt__["cache.grains"](tgt="*") or {}
     found = {}
@@ -160,7 +165,7 @@ def _minions() -> dict[str, dict]:
             ext=False
         )
         found[minion] = {
-            "roles": list(grains[minion].get("roles") or []),
+            "roles": _acl("roles", minion, pillar, __opts__),
             "node": grains[minion].get("nodename") or minion,
             "datacenter": ((pillar.get("consul") or {}).get("config") or {}).get("datacenter") or "dc1",
             "pools": sorted(((pillar.get("cabify") or {}).get("pools") or {}).keys()),
@@ -200,6 +205,19 @@ def _tokens(consul: _Consul, wanted: dict, test: bool) -> dict[str, str]:
             consul.management("PUT", "/v1/acl/token", token)
         else:
             consul.management("PUT", f"/v1/acl/token/{token['AccessorID']}", token)
+    # A minion whose key was deleted: its tokens of this generation go too (an older
+    # generation's are prune's).
+    wanted_ids = {t["AccessorID"] for t in wanted.values()}
+    generation = int(consul.secrets["generation"]["tokens"])
+    for token in existing.values():
+        if (
+            _acl("is_ours", token)
+            and _acl("token_generation", token) == generation
+            and token["AccessorID"] not in wanted_ids
+        ):
+            changes[f"unwanted: {token['Description']}"] = "deleted"
+            if not test:
+                consul.management("DELETE", f"/v1/acl/token/{token['AccessorID']}")
     anonymous = consul.management("GET", f"/v1/acl/token/{ANONYMOUS}")
     if [p.get("Name") for p in anonymous.get("Policies") or []] != ["cabify-dns"]:
         changes["anonymous"] = "policies"
@@ -228,13 +246,12 @@ def ensure(test: bool = False) -> dict[str, Any]:
     path = _path()
     _acl("load", path)  # made (a new seed) on the first call ever
     with __utils__["cabify_acl.locked"](path):
-        consul = _Consul(_acl("load", path))
+        consul = _Consul(_acl("load", path, create=False))
         bootstrapped = _bootstrap(consul, test)
         minions = _minions()
         pools = sorted({p for m in minions.values() if "app" in m["roles"] for p in m["pools"]})
-        datacenter = next((m["datacenter"] for m in minions.values()), "dc1")
         wanted_policies = _acl("policies", pools)
-        wanted_tokens = _acl("wanted_tokens", consul.secrets, minions, datacenter)
+        wanted_tokens = _acl("wanted_tokens", consul.secrets, minions)
         if test and bootstrapped == "now":
             return {
                 "result": None,
@@ -256,6 +273,16 @@ def ensure(test: bool = False) -> dict[str, Any]:
     }
 
 
+def _held_locks(consul: _Consul) -> list[str]:
+    """The release locks a session holds now (releases running)."""
+    status, entries = consul.call("GET", "/v1/kv/cabify/locks/?recurse=true", consul.token)
+    if status == 404:
+        return []
+    if status != 200:
+        raise CommandExecutionError(f"cabify_acl: reading the release locks: HTTP {status}: {entries}")
+    return sorted(e["Key"] for e in entries if e.get("Session"))
+
+
 def rotate_tokens(test: bool = False) -> dict[str, Any]:
     """
     Start a new generation of every token of this project (the controller's, the
@@ -272,8 +299,16 @@ def rotate_tokens(test: bool = False) -> dict[str, Any]:
     """
     test = bool(test or __opts__.get("test"))
     path = _path()
+    _acl("load", path)  # made before the lock is taken (load takes it to make one)
     with __utils__["cabify_acl.locked"](path):
-        secrets = _acl("load", path)
+        secrets = _acl("load", path, create=False)
+        consul = _Consul(secrets)
+        held = _held_locks(consul)
+        if held:
+            raise CommandExecutionError(
+                f"cabify_acl: releases are running ({', '.join(held)}): a rotation would cut their "
+                "sessions off; rotate once they end"
+            )
         generation = int(secrets["generation"]["tokens"])
         if test:
             return {"result": None, "comment": f"would make generation {generation + 1}'s tokens"}
@@ -297,8 +332,9 @@ def prune(test: bool = False) -> dict[str, Any]:
     """
     test = bool(test or __opts__.get("test"))
     path = _path()
+    _acl("load", path)  # made before the lock is taken (load takes it to make one)
     with __utils__["cabify_acl.locked"](path):
-        consul = _Consul(_acl("load", path))
+        consul = _Consul(_acl("load", path, create=False))
         current = int(consul.secrets["generation"]["tokens"])
         old = [
             t
@@ -340,8 +376,9 @@ def rotate_gossip_key(test: bool = False) -> dict[str, Any]:
     """
     test = bool(test or __opts__.get("test"))
     path = _path()
+    _acl("load", path)  # made before the lock is taken (load takes it to make one)
     with __utils__["cabify_acl.locked"](path):
-        secrets = _acl("load", path)
+        secrets = _acl("load", path, create=False)
         consul = _Consul(secrets)
         generation = int(secrets["generation"]["gossip"])
         old, new = _acl("gossip_key", secrets), _acl("gossip_key", secrets, generation + 1)

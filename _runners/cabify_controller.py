@@ -114,7 +114,9 @@ def config() -> dict:
 
         salt-run cabify_controller.config
     """
-    return _kv("controller_config", __opts__)
+    shown = dict(_kv("controller_config", __opts__))
+    shown["consul_token"] = "<set>" if shown.get("consul_token") else None  # never printed
+    return shown
 
 
 def consul_client():

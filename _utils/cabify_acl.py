@@ -178,6 +178,16 @@ def policies(pools: list[str]) -> dict[str, dict[str, str]]:
     }
 
 
+def roles(minion: str, pillar: dict | None, opts: dict | None) -> list[str]:
+    """MINION's roles as the master knows them, never as the minion says (its grains):
+    its host in pillar ``fleet:hosts``, else master config ``cabify_acl:roles``
+    (minion ID -> roles); none otherwise."""
+    hosts = (((pillar or {}).get("fleet") or {}).get("hosts")) or {}
+    if minion in hosts:
+        return sorted(hosts[minion].get("roles") or [])
+    return sorted((((opts or {}).get("cabify_acl") or {}).get("roles") or {}).get(minion) or [])
+
+
 # Which policies a host's token gets for each of its roles.
 ROLE_POLICIES = {"app": "cabify-app", "consul-server": "cabify-consul-server"}
 
@@ -188,14 +198,20 @@ def host_policies(roles: list[str]) -> list[str]:
     return ["cabify-host", *sorted({ROLE_POLICIES[r] for r in roles or [] if r in ROLE_POLICIES})]
 
 
-def wanted_tokens(secrets: dict, minions: dict[str, dict], datacenter: str) -> dict[str, dict]:
+def wanted_tokens(secrets: dict, minions: dict[str, dict], datacenter: str = "dc1") -> dict[str, dict]:
     """Every token this project wants in Consul, by name (``host:<minion>``...). MINIONS:
     minion ID -> {"roles": [...], "node": its Consul node name}."""
     tokens = {}
 
     generation = secrets["generation"]["tokens"]
 
-    def add(name: str, description: str, policies_: list[str], node: str | None = None) -> None:
+    def add(
+        name: str,
+        description: str,
+        policies_: list[str],
+        node: str | None = None,
+        datacenter: str = datacenter,
+    ) -> None:
         token = token_ids(secrets, name) | {
             "Description": f"cabify {description} [generation {generation}]",
             "Policies": [{"Name": p} for p in policies_],
@@ -210,7 +226,13 @@ def wanted_tokens(secrets: dict, minions: dict[str, dict], datacenter: str) -> d
     for minion, facts in sorted(minions.items()):
         roles = sorted(facts.get("roles") or [])
         add(f"host:{minion}", f"host {minion} ({', '.join(roles) or 'no role'})", host_policies(roles))
-        add(f"agent:{minion}", f"agent of {minion}", [], node=facts.get("node") or minion)
+        add(
+            f"agent:{minion}",
+            f"agent of {minion}",
+            [],
+            node=facts.get("node") or minion,
+            datacenter=facts.get("datacenter") or datacenter,
+        )
     return tokens
 
 

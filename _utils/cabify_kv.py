@@ -92,6 +92,21 @@ def decode(raw: bytes | str | None) -> Any:
     return text
 
 
+def desired_request(value: Any) -> dict | None:
+    """What a desired-version value (``cabify/desired/<pool>``) asks for: a plain
+    version (``3``), or a mapping naming the strategy, canary and release settings too;
+    None for a mapping without a version."""
+    if not isinstance(value, dict):
+        return None if value is None else {"version": str(value)}
+    if "version" not in value:
+        return None
+    asked = {"version": str(value["version"]), "strategy": value.get("strategy", "rolling")}
+    for key in ("canary", "settings"):
+        if isinstance(value.get(key), dict):
+            asked[key] = value[key]
+    return asked
+
+
 def client(host: str = "127.0.0.1", port: int = 8500, token: str | None = None):
     """A py-consul client for the agent at HOST:PORT, with TOKEN when ACLs are on (over
     CONSUL_HTTP_TOKEN, which py-consul would prefer: each caller passes its own)."""
@@ -105,8 +120,10 @@ def client(host: str = "127.0.0.1", port: int = 8500, token: str | None = None):
 
 def denied(err: Exception) -> bool:
     """Consul refused a request for its token (missing, unknown or not allowed)."""
+    if type(err).__name__ == "ACLPermissionDenied":
+        return True
     text = str(err)
-    return "ACL not found" in text or "Permission denied" in text or "403" in text
+    return "ACL not found" in text or "Permission denied" in text
 
 
 def controller_config(opts: dict) -> dict:

@@ -24,7 +24,7 @@ consul-config-file-serialized:
     - require:
       - pkg: consul-install-pkg-installed
       - file: consul-install-check-script-managed
-{%- if consul.config.get("cert_file") %}
+{%- if consul.tls.ca and consul.tls.cert and consul.tls.key %}
       - file: consul-config-tls-dir-managed
 {%- endif %}
 
@@ -47,7 +47,7 @@ consul-config-gossip-key-managed:
     - require_in:
       - file: consul-config-file-serialized
 {%- endif %}
-{%- if consul.config.get("cert_file") %}
+{%- if consul.tls.ca and consul.tls.cert and consul.tls.key %}
 
 {#- RPC's TLS material from the master's CA (ext_pillar cabify_consul_secrets). #}
 consul-config-tls-dir-managed:

@@ -13,6 +13,12 @@ consul-service-running:
       - sls: {{ tplroot }}.config
     - watch:
       - file: consul-config-file-serialized
+{%- if consul.tls.ca and consul.tls.cert and consul.tls.key %}
+      {#- A certificate the master made again (near its end) is used at once. #}
+      - file: consul-config-tls-ca.pem-managed
+      - file: consul-config-tls-agent.pem-managed
+      - file: consul-config-tls-agent-key.pem-managed
+{%- endif %}
 
 {#- The init script says "done" even when the agent dies at once: trust the API. A
     lone server elects itself at once; in a cluster, a server waits for the others
@@ -40,7 +46,7 @@ consul-service-agent-answering:
     and gets this project's policies and tokens, from the master's runner
     cabify_acl.ensure (peer_run). In a cluster, orch.fleet runs it once there is a
     leader. #}
-{%- if consul.config.server and consul.config.get("bootstrap_expect", 1) == 1 and consul.config.acl.enabled %}
+{%- if consul.config.server and consul.config.get("bootstrap_expect", 1) == 1 and consul.config.get("acl", {}).get("enabled") %}
 
 consul-service-acl-ensured:
   cabify_acl.ensured:

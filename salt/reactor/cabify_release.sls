@@ -7,11 +7,11 @@
 {%- set release = {"pool": asked.get("pool"), "version": asked.get("version")} %}
 {%- do release.update({"canary": asked["canary"]}) if asked.get("canary") is mapping %}
 {%- do release.update({"settings": asked["settings"]}) if asked.get("settings") is mapping %}
-{#- Who asked, for the controller to check against master config
-    cabify_controller:release_requesters: the minion that sent the event (the master
-    checked its ID), or "master" for an event fired on the master itself. A KV change
-    needs no such check: only the controller's and operators' tokens may write it. #}
-{%- do release.update({"requester": data.get("id", "master")}) if tag == "cabify/release/request" %}
+{#- Who sent the event (the minion whose ID the master checked, or "master" for one
+    fired on the master itself). The controller releases what a beacon's KV key says
+    (only the controller's and operators' tokens may write it); any other request only
+    from those master config cabify_controller:release_requesters lists. #}
+{%- do release.update({"requester": data.get("id", "master")}) %}
 {#- Every minion's beacon sees a change of the key: the controller releases once a change. #}
 {%- do release.update({"trigger": asked["key"]}) if tag.startswith("salt/beacon/") and asked.get("key") %}
 

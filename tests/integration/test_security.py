@@ -120,6 +120,22 @@ def test_strangers_and_bad_requests_are_refused_and_change_nothing(
         assert refused[0]["requester"] == stranger.id and "release_requesters" in refused[0]["reason"], (
             refused
         )
+        # Nor by posing as a beacon: without a key it is a request like any other; with
+        # a key, only the pool's desired-version key counts, and what it says.
+        forged = {"668": {"key": "cabify/history/cabify/x"}, "669": {}}
+        for version, extra in forged.items():
+            data = {"pool": "cabify", "version": version, **extra}
+            sent = stranger.salt_call_cli(timeout=60).run(
+                "event.send", "salt/beacon/x/cabify_desired/cabify", data=data
+            )
+            assert sent.returncode == 0, sent.stderr
+        for version, words in (("668", "desired-version key"), ("669", "release_requesters")):
+            refused = wait_for(
+                lambda v=version: refusals(event_listener, salt_master.id, since, v),
+                60,
+                f"the forged beacon {version}",
+            )
+            assert words in refused[0]["reason"], refused
         # A listed minion with a malformed canary: refused before anything starts, naming the key.
         bad = {
             "pool": "cabify",

@@ -126,3 +126,17 @@ def test_a_refused_token_is_recognised_and_the_management_token_is_never_said():
     secrets = {**SECRETS, "management": {acl.cluster(["127.0.0.1"], 8500): {"SecretID": "s3cr3t"}}}
     assert acl.management(secrets, "127.0.0.1:8500") == "s3cr3t"
     assert "s3cr3t" not in acl.redact("HTTP 500 for token s3cr3t", secrets)
+
+
+def test_roles_come_from_the_master_never_from_the_minion():
+    pillar = {"fleet": {"hosts": {"lb1": {"roles": ["vrrp", "lb"]}}}}
+    opts = {"cabify_acl": {"roles": {"aio": ["app", "lb"]}}}
+    assert acl.roles("lb1", pillar, opts) == ["lb", "vrrp"]
+    assert acl.roles("aio", pillar, opts) == ["app", "lb"]
+    assert acl.roles("stranger", pillar, opts) == []
+
+
+def test_a_token_says_its_generation():
+    wanted = acl.wanted_tokens(SECRETS, {}, "dc1")["operator"]
+    assert acl.token_generation(wanted) == 1
+    assert acl.token_generation({"Description": "someone else's"}) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import Utils, load
 
 beacon = load("beacons", "cabify_desired")
 CONFIG = [{"prefix": "cabify/desired/"}]
@@ -33,6 +33,7 @@ def configure_loader_modules(consul, tmp_path):
             "__salt__": {"cabify_consul.kv_tree": consul.kv_tree},
             "__opts__": {"cachedir": str(tmp_path)},
             "__context__": {},
+            "__utils__": Utils("cabify_kv"),
         }
     }
 
