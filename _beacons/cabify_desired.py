@@ -111,7 +111,7 @@ def beacon(config) -> list[dict]:
 def _asked(value) -> dict | None:
     """What the value asks for (``cabify_kv.desired_request``); None, logged, for a
     mapping without a version."""
-    asked = __utils__["cabify_kv.desired_request"](value)
+    asked = __salt__["cabify_consul.desired_request"](value)  # beacons get no __utils__
     if asked is None:
         log.warning("cabify_desired beacon: %r names no version: no release", value)
     return asked

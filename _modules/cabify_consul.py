@@ -73,6 +73,21 @@ def _call(what: str, func, *args, **kwargs):
         raise CommandExecutionError(f"consul: {what}: {err}") from err
 
 
+def desired_request(value: Any) -> dict | None:
+    """
+    What a desired-version VALUE (``cabify/desired/<pool>``) asks for: its version, and
+    strategy, canary and release settings when it names them; None for a mapping
+    without a version (``cabify_kv.desired_request``, for the cabify_desired beacon).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.desired_request '{version: "3", strategy: canary}'
+    """
+    return __utils__["cabify_kv.desired_request"](value)
+
+
 # --- registrations -----------------------------------------------------------------------
 
 

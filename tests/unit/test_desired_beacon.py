@@ -30,10 +30,12 @@ def consul():
 def configure_loader_modules(consul, tmp_path):
     return {
         beacon: {
-            "__salt__": {"cabify_consul.kv_tree": consul.kv_tree},
+            "__salt__": {
+                "cabify_consul.kv_tree": consul.kv_tree,
+                "cabify_consul.desired_request": Utils("cabify_kv")["cabify_kv.desired_request"],
+            },
             "__opts__": {"cachedir": str(tmp_path)},
             "__context__": {},
-            "__utils__": Utils("cabify_kv"),
         }
     }
 
