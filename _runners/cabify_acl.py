@@ -17,6 +17,7 @@ highstates reach ``ensure`` through ``publish.runner`` (master config ``peer_run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -54,6 +55,16 @@ def _acl(func: str, *args, **kwargs) -> Any:
 
 def _path() -> str:
     return _acl("secrets_path", __opts__)
+
+
+@contextlib.contextmanager
+def _locked_secrets():
+    """The master's secrets, made on first use, held under their lock (one bootstrap,
+    one writer at a time)."""
+    path = _path()
+    _acl("load", path)  # made before the lock is taken (load takes it to make one)
+    with __utils__["cabify_acl.locked"](path):
+        yield _acl("load", path, create=False)
 
 
 class _Consul:
@@ -243,10 +254,8 @@ def ensure(test: bool = False) -> dict[str, Any]:
         salt-run cabify_acl.ensure test=True
     """
     test = bool(test or __opts__.get("test"))
-    path = _path()
-    _acl("load", path)  # made (a new seed) on the first call ever
-    with __utils__["cabify_acl.locked"](path):
-        consul = _Consul(_acl("load", path, create=False))
+    with _locked_secrets() as secrets:
+        consul = _Consul(secrets)
         bootstrapped = _bootstrap(consul, test)
         minions = _minions()
         pools = sorted({p for m in minions.values() if "app" in m["roles"] for p in m["pools"]})
@@ -298,10 +307,7 @@ def rotate_tokens(test: bool = False) -> dict[str, Any]:
         salt-run cabify_acl.rotate_tokens
     """
     test = bool(test or __opts__.get("test"))
-    path = _path()
-    _acl("load", path)  # made before the lock is taken (load takes it to make one)
-    with __utils__["cabify_acl.locked"](path):
-        secrets = _acl("load", path, create=False)
+    with _locked_secrets() as secrets:
         consul = _Consul(secrets)
         held = _held_locks(consul)
         if held:
@@ -313,7 +319,7 @@ def rotate_tokens(test: bool = False) -> dict[str, Any]:
         if test:
             return {"result": None, "comment": f"would make generation {generation + 1}'s tokens"}
         secrets["generation"]["tokens"] = generation + 1
-        _acl("save", path, secrets)
+        _acl("save", _path(), secrets)
     log.warning("cabify_acl: tokens now of generation %s", generation + 1)
     return {"generation": generation + 1, **ensure()}
 
@@ -331,10 +337,8 @@ def prune(test: bool = False) -> dict[str, Any]:
         salt-run cabify_acl.prune test=True
     """
     test = bool(test or __opts__.get("test"))
-    path = _path()
-    _acl("load", path)  # made before the lock is taken (load takes it to make one)
-    with __utils__["cabify_acl.locked"](path):
-        consul = _Consul(_acl("load", path, create=False))
+    with _locked_secrets() as secrets:
+        consul = _Consul(secrets)
         current = int(consul.secrets["generation"]["tokens"])
         old = [
             t
@@ -375,10 +379,7 @@ def rotate_gossip_key(test: bool = False) -> dict[str, Any]:
         salt-run cabify_acl.rotate_gossip_key test=True
     """
     test = bool(test or __opts__.get("test"))
-    path = _path()
-    _acl("load", path)  # made before the lock is taken (load takes it to make one)
-    with __utils__["cabify_acl.locked"](path):
-        secrets = _acl("load", path, create=False)
+    with _locked_secrets() as secrets:
         consul = _Consul(secrets)
         generation = int(secrets["generation"]["gossip"])
         old, new = _acl("gossip_key", secrets), _acl("gossip_key", secrets, generation + 1)
@@ -391,7 +392,7 @@ def rotate_gossip_key(test: bool = False) -> dict[str, Any]:
         consul.management("POST", "/v1/operator/keyring", {"Key": new})
         consul.management("PUT", "/v1/operator/keyring", {"Key": new})
         secrets["generation"]["gossip"] = generation + 1
-        _acl("save", path, secrets)
+        _acl("save", _path(), secrets)
         consul.management("DELETE", "/v1/operator/keyring", {"Key": old})
         rings = consul.management("GET", "/v1/operator/keyring") or []
     log.warning("cabify_acl: gossip key rotated to generation %s (%s)", generation + 1, _fingerprint(new))
