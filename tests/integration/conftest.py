@@ -79,13 +79,12 @@ class StandInReplica:
             },
         )
 
-    def deregister(self) -> None:
-        """Deregister it, if it is registered (with ACLs on, Consul answers 500 "Unknown
-        service" for one that is not)."""
+    def deregister(self, missing_ok: bool = False) -> None:
+        """Deregister it; MISSING_OK: it may be gone already (with ACLs on, Consul answers
+        500 "Unknown service" for one that is not registered)."""
         status, body = request("PUT", f"{CONSUL}/v1/agent/service/deregister/{self.instance}")
-        assert status == 200 or b"Unknown service" in body, (
-            f"deregistering {self.instance}: {status} {body!r}"
-        )
+        gone = missing_ok and b"Unknown service" in body
+        assert status == 200 or gone, f"deregistering {self.instance}: {status} {body!r}"
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -42,7 +42,7 @@ def test_pool_changes_reach_haproxy_without_reload(stand_in_replica):
         )
         assert replica.instance not in served
     finally:
-        replica.deregister()
+        replica.deregister(missing_ok=True)
         replica.stop()
     assert haproxy_info()["Pid"] == pid_before, "HAProxy was reloaded or restarted for a pool change"
 
