@@ -409,6 +409,22 @@ def wait_slots_idle(backend: str, slots: list[str] | dict, timeout: float) -> di
         time.sleep(0.05)
 
 
+def drain_until_idle(backend: str, addresses: list[str], timeout: float) -> dict:
+    """
+    ``drain_servers`` then ``wait_slots_idle`` in one call, so that the wait starts
+    the moment the drain is set: what ``wait_slots_idle`` returns, and ``slots`` (the
+    slot each address fills).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_lb.drain_until_idle cabify '[10.213.0.11:32768]' 5
+    """
+    slots = drain_servers(backend, addresses)
+    return {"slots": slots, **wait_slots_idle(backend, sorted(slots.values()), timeout)}
+
+
 def agreement(backend: str, expected: dict[str, int | None]) -> list[str]:
     """
     How BACKEND's servers differ from EXPECTED, what Consul says must serve (``address:port``

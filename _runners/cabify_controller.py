@@ -678,16 +678,15 @@ class Release:
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
         self.leaving.update({n: known[n]["address"] for n in names if n in known})
-        slots = _salt(self.lbs, "cabify_lb.drain_servers", [self.pool, addresses]) if addresses else {}
-        by_lb = {lb: sorted(found.values()) for lb, found in slots.items()}
+        # Drained and waited for in one call an LB: the wait starts as the drain is set.
         idle = (
             _salt(
                 self.lbs,
-                "cabify_lb.wait_slots_idle",
-                [self.pool, by_lb, drain_timeout],
+                "cabify_lb.drain_until_idle",
+                [self.pool, addresses, drain_timeout],
                 timeout=drain_timeout + QUICK,
             )
-            if any(by_lb.values())
+            if addresses
             else {}
         )
         _each(
@@ -1478,6 +1477,11 @@ class Release:
             self.clear_weights()
         except Exception as err:  # noqa: BLE001 - reported
             problems.append(f"clearing a canary's weights: {err}")
+        try:
+            # Ended once every LB serves what Consul says passes, as a release ends.
+            self.barrier(float(settings.get("healthy_deadline", 30)))
+        except Exception as err:  # noqa: BLE001 - reported
+            problems.append(f"the LBs after the revert: {err}")
         summary = f"removed {removed} new replica(s), gave back {restored} old one(s)"
         self.progress("reverted", summary=summary, problems=problems)
         return summary + (f"; incomplete: {'; '.join(problems)}" if problems else "")
