@@ -243,6 +243,16 @@ def pool_settled(count: int, pool: str = "cabify") -> bool:
     )
 
 
+def pool_now(pool: str = "cabify") -> dict:
+    """What ``pool_settled`` looks at, for a failure's message: the running replicas,
+    their registrations and HAProxy's servers of the pool with an address."""
+    return {
+        "running": running_replicas(pool),
+        "registered": registered(pool),
+        "haproxy": {s["svname"]: f"{s['status']} {s['addr']}" for s in haproxy_servers(pool) if s["addr"]},
+    }
+
+
 def last_release(pool: str = "cabify") -> dict:
     records = kv_tree(f"cabify/history/{pool}/")
     return max(records.values(), key=lambda r: r["id"]) if records else {}

@@ -22,6 +22,7 @@ from tests.helpers import (
     haproxy_servers,
     is_up,
     kv_get,
+    pool_now,
     pool_settled,
     versions_running,
     wait_for,
@@ -123,14 +124,17 @@ def converge_pool(
     }
     ret = salt_cli.run("state.apply", "cabify", pillar=pillar, queue=True)
     assert ret.returncode == 0, failed_states(ret.data) or ret.stderr[-2000:]
-    wait_for(
-        lambda: (
-            pool_settled(replicas, pool)
-            and versions_running(pool) == ({version: replicas} if replicas else {})
-        ),
-        60,
-        f"{replicas} replicas of version {version} in pool {pool}, registered and UP",
-    )
+    try:
+        wait_for(
+            lambda: (
+                pool_settled(replicas, pool)
+                and versions_running(pool) == ({version: replicas} if replicas else {})
+            ),
+            60,
+            f"{replicas} replicas of version {version} in pool {pool}, registered and UP",
+        )
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the pool now: {pool_now(pool)}") from None
     return ret
 
 
