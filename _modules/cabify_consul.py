@@ -155,6 +155,32 @@ def deregister(name: str) -> bool:
     return True
 
 
+def catalog_orphans(service: str, remove: bool = False) -> list[str]:
+    """
+    The IDs of SERVICE's instances that the catalog holds for this host's node and its
+    agent does not know (with REMOVE, removed from the catalog). The agent removes such
+    an entry itself with the token it was registered with; once that token is gone (a
+    rotation pruned it before the agent synced a deregistration, or the agent forgot it
+    on a restart) it tries the anonymous token, which may not, and the entry stays
+    passing in DNS for good. This host's token may (``service:write`` on the pools).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call cabify_consul.catalog_orphans cabify remove=True
+    """
+    client = _client()
+    node = __salt__["config.get"]("consul:config:node_name", None) or __grains__.get("nodename")
+    local = _call("listing services", client.agent.services)
+    _, entries = _call(f"listing {service} in the catalog", client.catalog.service, service)
+    orphans = sorted(e["ServiceID"] for e in entries if e.get("Node") == node and e["ServiceID"] not in local)
+    for sid in orphans if remove else []:
+        _call(f"removing {sid} of {node} from the catalog", client.catalog.deregister, node, service_id=sid)
+        log.warning("cabify_consul: %s of node %s was in the catalog only: removed", sid, node)
+    return orphans
+
+
 def registrations(service: str) -> dict[str, dict]:
     """
     This agent's instances of SERVICE by ID: address, port, tags, pool, version, role,

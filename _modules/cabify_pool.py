@@ -347,7 +347,9 @@ def register(
 def reconcile(pool: str) -> dict:
     """
     Make Consul match Docker for POOL: deregister this pool's instances (meta ``pool``)
-    whose container is gone or stopped, register running replicas that are missing,
+    whose container is gone or stopped, remove the catalog's entries of this node that
+    its agent no longer knows (``cabify_consul.catalog_orphans``), register running
+    replicas that are missing,
     and put back to ready HAProxy slots left in drain with no replica behind them.
     Instances registered by anything else are left alone. Returns what it did.
 
@@ -364,6 +366,9 @@ def reconcile(pool: str) -> dict:
     for sid in sorted(ours - set(live)):
         _consul("deregister", sid)
         done["deregistered"].append(sid)
+    orphans = _consul("catalog_orphans", pool, remove=True)
+    if orphans:
+        done["catalog_orphans_removed"] = orphans
     current = weights(pool)
     for name, replica in sorted(live.items()):
         reg = registered.get(name)

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.helpers import (
+    CONSUL,
     PORTS,
     consul,
     frontend,
@@ -99,6 +100,46 @@ def test_reconcile_fixes_stale_and_missing_registrations(salt_cli, pool_of_three
     assert ret.returncode == 0, ret.stderr
     assert ret.data == {"deregistered": ["cabify-1-gone00"], "registered": [missing]}
     assert registered() == running_replicas()
+
+
+def test_reconcile_removes_an_instance_only_the_catalog_still_holds(salt_cli, pool_of_three, heal_held_off):
+    """An instance of the pool on this node that the agent no longer knows stays in the
+    catalog, passing in DNS, when the agent may not remove it (the token it was
+    registered with was pruned before the agent synced its deregistration: the agent
+    then tries the anonymous token). Reconcile removes it with the host's token."""
+    node = consul("GET", "/v1/agent/self")["Config"]["NodeName"]
+    orphan = "cabify-1-orphan0"
+    consul(
+        "PUT",
+        "/v1/catalog/register",
+        {
+            "Node": node,
+            "Address": "127.0.0.1",
+            "SkipNodeUpdate": True,
+            "Service": {
+                "ID": orphan,
+                "Service": "cabify",
+                "Address": "192.0.2.1",
+                "Port": 8080,
+                "Tags": ["stable", "v1"],
+                "Meta": {"pool": "cabify"},
+            },
+            "Check": {
+                "CheckID": f"service:{orphan}",
+                "Name": orphan,
+                "Status": "passing",
+                "ServiceID": orphan,
+            },
+        },
+    )
+    try:
+        ret = salt_cli.run("cabify_pool.reconcile", "cabify")
+        assert ret.returncode == 0, ret.stderr
+        assert ret.data.get("catalog_orphans_removed") == [orphan], ret.data
+        assert orphan not in {e["ServiceID"] for e in consul("GET", "/v1/catalog/service/cabify")}
+        assert registered() == running_replicas()
+    finally:
+        http("PUT", f"{CONSUL}/v1/catalog/deregister", {"Node": node, "ServiceID": orphan})
 
 
 def test_beacon_and_reactor_fix_stale_and_missing_registrations(pool_of_three):
