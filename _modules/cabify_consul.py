@@ -176,7 +176,15 @@ def catalog_orphans(service: str, remove: bool = False) -> list[str]:
     _, entries = _call(f"listing {service} in the catalog", client.catalog.service, service)
     orphans = sorted(e["ServiceID"] for e in entries if e.get("Node") == node and e["ServiceID"] not in local)
     for sid in orphans if remove else []:
-        _call(f"removing {sid} of {node} from the catalog", client.catalog.deregister, node, service_id=sid)
+        # Raw: py-consul's catalog.deregister adds a body field Consul 1.8 refuses.
+        _call(
+            f"removing {sid} of {node} from the catalog",
+            client.http.put,
+            consul.callback.CB.boolean(),
+            "/v1/catalog/deregister",
+            headers=client.prepare_headers(),
+            data=json.dumps({"Node": node, "ServiceID": sid}),
+        )
         log.warning("cabify_consul: %s of node %s was in the catalog only: removed", sid, node)
     return orphans
 
