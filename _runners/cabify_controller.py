@@ -678,7 +678,7 @@ class Release:
         known = self.instances(passing_only=False)
         addresses = [known[n]["address"] for n in names if n in known]
         self.leaving.update({n: known[n]["address"] for n in names if n in known})
-        # Drained and waited for in one call an LB: the wait starts as the drain is set.
+        # Drained and waited for in one call on each LB: the wait starts as the drain is set.
         idle = (
             _salt(
                 self.lbs,
